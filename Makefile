@@ -1,0 +1,61 @@
+# xmpp.prosody: `make demo` and `make test` are the contract (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+COLLECTION_COPY = $(shell scripts/sync-collection.sh)
+ANSIBLE_TEST_PYTHON := 3.11
+
+.PHONY: all demo test test-deps venv lint units sanity collection-install bench explore clean
+
+all: test
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+venv: $(STAMP)
+
+# Debian's Prosody (the oracle), Lua, the LuaDBI drivers, and the two database servers.
+test-deps:
+	scripts/install-system-deps.sh
+	scripts/start-services.sh
+
+# ansible-test reads its pip bootstrap script from this cache (see the script's docstring).
+ansible-test-cache:
+	mkdir -p $(HOME)/.ansible/test/cache
+	cp scripts/ansible-test-get-pip.py $(HOME)/.ansible/test/cache/get_pip_24_2.py
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+units: venv test-deps ansible-test-cache
+	cd $(COLLECTION_COPY) && PATH=$(BIN):$$PATH $(BIN)/ansible-test units --venv --python $(ANSIBLE_TEST_PYTHON) --requirements
+
+sanity: venv test-deps ansible-test-cache
+	cd $(COLLECTION_COPY) && PATH=$(BIN):$$PATH $(BIN)/ansible-test sanity --venv --python $(ANSIBLE_TEST_PYTHON) --requirements
+
+test: lint units sanity
+
+# The collection as users get it: built into a tarball and installed beside the venv.
+collection-install: venv
+	rm -rf .build/dist
+	$(BIN)/ansible-galaxy collection build --force --output-path .build/dist . >/dev/null
+	$(BIN)/ansible-galaxy collection install --force -p $(VENV)/collections .build/dist/xmpp-prosody-*.tar.gz >/dev/null
+
+demo: collection-install
+	$(BIN)/python demo/demo.py
+
+bench: venv test-deps
+	$(BIN)/python bench/bench_luadata.py
+
+# Hypothesis with fresh random examples, many more than `make test` runs.
+explore: venv test-deps
+	$(BIN)/pytest --hypothesis-profile=explore tests/unit
+
+clean:
+	rm -rf .build .venv

@@ -1,0 +1,702 @@
+# Copyright: (c) 2026, xmpp.prosody contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Prosody's Lua-serialized data files (util.serialization, util.datamanager), read and written.
+
+The Python model of a Lua value: nil is None, booleans are bool, integers int, floats float,
+strings str (bytes that are not UTF-8 carried as lone surrogates, ``surrogateescape``, so every
+byte is written back as it was), tables dict. Boolean table keys are BoolKey, since Python's
+True == 1 would merge them with the integer key 1.
+
+Reading: a strict, code-free reader of the text Prosody writes (``return <value>;`` files,
+``item(<value>);`` archive files, plus the rest of Lua's literal syntax: comments, single-quoted
+and long strings, every short-string escape, hex numerals, ``name = value`` fields). It follows
+Lua 5.4's rules: a decimal integer numeral that does not fit in 64 bits is a float (so
+``-9223372036854775808`` reads as a float), hex integers wrap around, integral float keys become
+integer keys, a later field for the same key wins (positional fields are stored in batches of
+50, as Lua's table constructor does), ``nil`` values vanish. Tables nest at most 127 deep, as
+Prosody's serializer allows. A file outside that grammar (hand edits, older writers) is run in
+the Lua sandbox of luasandbox.py instead (``sandbox=False`` makes that an error); LuaDataError
+names the file and the line where the strict reader stopped when that fails too. The reader is
+one compiled regex (``finditer``) driving an iterative state machine, with Prosody's frequent
+shapes fused into single tokens; bench/bench_luadata.py measures it against the sandbox.
+
+Writing: byte for byte what Prosody's ``util.serialization.serialize`` (default preset) writes
+for the same table iterated in our key order: positional items 1..n first, then booleans (false,
+true), numbers (ascending), strings (by their bytes). Two deliberate deviations keep every value
+the same value when Lua reads it back:
+
+* a float whose ``%.18g`` text has neither ``.`` nor an exponent (1.0, -0.0, 1e15) gets a
+  ``.0`` suffix (``1.0``, ``-0.0``, ``1000000000000000.0``); Prosody writes ``1``/``-0``, which
+  Lua reads back as an integer;
+* the integer -2^63 is written as ``0x8000000000000000`` (Lua's hex integers wrap to it);
+  Prosody writes ``-9223372036854775808``, which Lua reads back as a float.
+
+``nil`` values inside tables are left out (a Lua table cannot hold them).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import DecodeError, EncodeError
+
+MAX_DEPTH = 127  # util.serialization's maxdepth: deeper tables are an error on both sides
+_INT_MAX = 2**63 - 1
+_INT_MIN = -(2**63)
+
+
+class BoolKey:
+    """A boolean used as a table key (``[true] = ...``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bool) -> None:
+        self.value = bool(value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BoolKey) and other.value is self.value
+
+    def __hash__(self) -> int:
+        return hash((BoolKey, self.value))
+
+    def __repr__(self) -> str:
+        return f"BoolKey({self.value})"
+
+
+class LuaDataError(DecodeError):
+    """A Lua data file (or text) that neither the strict reader nor the sandbox could read."""
+
+    def __init__(self, message: str, source: str | None = None) -> None:
+        self.reason = message  # the message without the source prefix
+        super().__init__(message, source)
+
+
+class _Syntax(Exception):
+    """Internal: where and why the strict reader stopped (the sandbox gets a try next)."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+# ---------------------------------------------------------------------------------------------
+# Reader
+
+_WS = rb"[ \t\n\r\f\v]*"
+_PLAIN = rb'[^"\\\n\r]*'
+# Every alternative is unambiguous (z is not also "any other escape", \z's whitespace run is
+# maximal) so that a failing match cannot backtrack exponentially.
+_ESC_SEQ = rb"\\(?:z[ \t\n\r\f\v]*(?![ \t\n\r\f\v])|\r\n?|\n\r?|[^\r\nz])"
+_BODY_DQ = rb'[^"\\\n\r]*(?:' + _ESC_SEQ + rb'[^"\\\n\r]*)*'
+_BODY_SQ = rb"[^'\\\n\r]*(?:" + _ESC_SEQ + rb"[^'\\\n\r]*)*"
+_END_NUM = rb"(?![0-9A-Za-z_.])"
+
+# One alternative per token kind; ``m.lastindex`` (the last capture group to close) names the
+# kind. Prosody's most frequent shapes are single tokens (``["k"] = "v";``, ``["k"] = {``,
+# ``["k"] = 1.5;``, ``};``, ``"v";``, and a whole table of string fields such as a stanza's
+# ``attr``): fewer trips through the Python loop is what makes this reader fast. The last
+# alternative takes any other character, so ``finditer`` never skips text.
+_NAME_END = rb"(?![0-9A-Za-z_])"
+_FLOAT = rb"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"  # one way to split digits: no backtracking
+_SEP = _WS + rb"[;,]"
+_KEY_OPEN = rb"\[" + _WS + rb'"(' + _PLAIN + rb')"' + _WS + rb"\]" + _WS + rb"=" + _WS
+_FLAT_FIELD = _KEY_OPEN + rb'"(' + _PLAIN + rb')"'
+_FLAT_FIELDS = rb"(?:" + _WS + _FLAT_FIELD.replace(b"(", b"(?:") + _SEP + rb")*"
+_FLAT_FIELDS_RE = re.compile(_FLAT_FIELD)
+_ALTERNATIVES = (
+    # 1 ["k"] =  2 ["k"] = "v";  3 ["k"] = { ["a"] = "b"; };  4 ["k"] = {  5 ["k"] = 12;  6 ["k"] = true;
+    # 7 ["k"] = 1.5;
+    _KEY_OPEN
+    + rb'(?:"('
+    + _PLAIN
+    + rb')"'
+    + _SEP
+    + rb"|\{("
+    + _FLAT_FIELDS
+    + rb")"
+    + _WS
+    + rb"\}"
+    + _SEP
+    + rb"|(\{)|(-?[0-9]+)"
+    + _END_NUM
+    + _SEP
+    + rb"|(true|false)"
+    + _NAME_END
+    + _SEP
+    + rb"|("
+    + _FLOAT
+    + rb")"
+    + _END_NUM
+    + _SEP
+    + rb")?",
+    rb'"(' + _PLAIN + rb')"(?:' + _WS + rb"([;,]))?",  # 8 "v"  9 "v";
+    rb"(\})(?:" + _WS + rb"([;,]))?",  # 10 }  11 };
+    rb"(\{)",  # 12
+    rb"([;,])",  # 13
+    rb"(-?[0-9]+)" + _END_NUM,  # 14 decimal integer
+    rb'"(' + _BODY_DQ + rb')"',  # 15 string with escapes
+    rb"'(" + _BODY_SQ + rb")'",  # 16 single-quoted string
+    rb"(" + _FLOAT + rb")" + _END_NUM,  # 17 decimal float
+    rb"(-?0[xX](?:[0-9a-fA-F]+(?:\.[0-9a-fA-F]*)?|\.[0-9a-fA-F]+)(?:[pP][+-]?[0-9]+)?)" + _END_NUM,  # 18 hex
+    rb"(true|false|nil)" + _NAME_END,  # 19
+    rb"\((-?[01])/0\)",  # 20 (1/0) (-1/0) (0/0)
+    rb"(\[)(?![\[=])",  # 21 [ of a [key] =
+    rb"(\])" + _WS + rb"=",  # 22 ] = of a [key] =
+    rb"([A-Za-z_][0-9A-Za-z_]*)" + _WS + rb"=(?!=)",  # 23 name =
+    rb"(return)" + _NAME_END,  # 24
+    rb"(item)" + _WS + rb"\(",  # 25 item(
+    rb"(\))(?:" + _WS + rb"(;))?",  # 26 )  27 );
+    rb"(--(?:\[(=*)\[[\s\S]*?\]\29\]|[^\n]*))",  # 28 comment (29: its level)
+    rb"(\[(=*)\[[\s\S]*?\]\31\])",  # 30 long string (31: its level)
+    rb"([^ \t\n\r\f\v])",  # 32 anything else: an error
+)
+_TOKEN = re.compile(_WS + rb"(?:" + b"|".join(_ALTERNATIVES) + rb")")
+_NEWLINES = re.compile(rb"\r\n|\n\r|\r|\n")
+_ESCAPE = re.compile(
+    rb"\\(?:([0-9]{1,3})|x([0-9A-Fa-f]{2})|u\{([0-9A-Fa-f]+)\}|(z)[ \t\n\r\f\v]*|(\r\n?|\n\r?)|(.))", re.S
+)
+_NAMED_ESCAPES = {
+    b"a": b"\a",
+    b"b": b"\b",
+    b"f": b"\f",
+    b"n": b"\n",
+    b"r": b"\r",
+    b"t": b"\t",
+    b"v": b"\v",
+    b"\\": b"\\",
+    b'"': b'"',
+    b"'": b"'",
+}
+_KEYWORDS = frozenset(
+    b"and break do else elseif end false for function goto if in local nil not or repeat return then true"
+    b" until while".split()
+)
+
+# Parser states.
+_FIELD, _AFTERKEY, _AFTERVAL, _KEYEXPR, _KEYCLOSE = 0, 1, 2, 3, 4
+_TOP, _DAT_START, _DAT_END, _DAT_DONE, _LIST_START, _LIST_RPAREN, _LIST_SEMI, _VAL_END = range(5, 13)
+_EOF_OK = frozenset((_DAT_START, _DAT_END, _DAT_DONE, _LIST_START, _LIST_SEMI, _VAL_END))
+_MISSING = object()
+
+
+def _utf8_escape(code: int) -> bytes:
+    """Lua's \\u{XXX}: UTF-8 extended to 31 bits (surrogates and all), as luaO_utf8esc does."""
+    if code < 0x80:
+        return bytes((code,))
+    out = []
+    limit = 0x3F
+    while code > limit:
+        out.append(0x80 | (code & 0x3F))
+        code >>= 6
+        limit >>= 1
+    out.append(((~limit << 1) & 0xFF) | code)
+    return bytes(reversed(out))
+
+
+def _unescape_one(m: re.Match) -> bytes:
+    dec, hx, uni, z, nl, other = m.groups()
+    if dec is not None:
+        n = int(dec)
+        if n > 255:
+            raise ValueError("decimal escape too large")
+        return bytes((n,))
+    if hx is not None:
+        return bytes((int(hx, 16),))
+    if uni is not None:
+        n = int(uni, 16)
+        if n > 0x7FFFFFFF:
+            raise ValueError("UTF-8 value too large")
+        return _utf8_escape(n)
+    if z is not None:
+        return b""
+    if nl is not None:
+        return b"\n"
+    named = _NAMED_ESCAPES.get(other)
+    if named is None:
+        raise ValueError("invalid escape sequence")
+    return named
+
+
+# Prosody's escapes (\ddd and the named ones) map through a table in C; anything else (\x, \u{},
+# \z, escaped newlines, invalid escapes) misses the table and takes the general path.
+_ESCAPE_SPLIT = re.compile(rb"(\\[0-9]{1,3}|\\[\s\S])")
+_ESCAPE_TABLE = {b"\\" + k: v for k, v in _NAMED_ESCAPES.items()}
+for _n in range(256):
+    for _width in (1, 2, 3):
+        if _n < 10**_width:
+            _ESCAPE_TABLE[b"\\%0*d" % (_width, _n)] = bytes((_n,))
+
+
+def _unescape(raw: bytes) -> str:
+    parts = _ESCAPE_SPLIT.split(raw)
+    try:
+        parts[1::2] = map(_ESCAPE_TABLE.__getitem__, parts[1::2])
+        return b"".join(parts).decode("utf-8", "surrogateescape")
+    except KeyError:
+        pass
+    try:
+        data = _ESCAPE.sub(_unescape_one, raw)
+    except ValueError as exc:
+        raise _Syntax(str(exc), 0) from None
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _hex_number(tok: bytes) -> int | float:
+    neg = tok[:1] == b"-"
+    body = tok[1:] if neg else tok
+    if b"." in body or b"p" in body or b"P" in body:
+        v = float.fromhex(body.decode("ascii"))
+        return -v if neg else v
+    n = int(body[2:], 16) & 0xFFFFFFFFFFFFFFFF  # Lua's hex integers wrap around
+    if neg:
+        n = -n & 0xFFFFFFFFFFFFFFFF
+    return n - 0x10000000000000000 if n > _INT_MAX else n
+
+
+def _table_key(v: Any) -> Any:
+    """A value used as a key, normalised as Lua stores it."""
+    if v is None:
+        raise ValueError("table index is nil")
+    if v is True or v is False:
+        return BoolKey(v)
+    if type(v) is float:
+        if v != v:
+            raise ValueError("table index is NaN")
+        if v.is_integer() and _INT_MIN <= v <= _INT_MAX:
+            return int(v)
+    elif type(v) is dict:
+        raise ValueError("a table used as a table key is not supported")
+    return v
+
+
+def _merge_fields(arr: list, kd: dict, kpos: dict | None) -> dict:
+    """A table from a constructor's positional and keyed fields, with Lua's precedence."""
+    t = dict(zip(range(1, len(arr) + 1), arr))
+    if kpos is None:
+        t.update(kd)
+        return t
+    for k, v in kd.items():
+        # A keyed field beats positional item k only when item k was flushed before it was set.
+        if k not in t or kpos.get(k, -1) >= k:
+            t[k] = v
+    return t
+
+
+def _parse(data: bytes, start_state: int) -> Any:
+    state = start_state
+    stack: list = []
+    arr: list = []
+    kd: dict = {}
+    kpos: dict | None = None
+    fnil = False
+    key: Any = None
+    result: Any = None
+    items: list = []
+    kcache: dict = {}
+    for m in _TOKEN.finditer(data):
+        kind = m.lastindex
+        if kind <= 7:  # ["key"] = ...
+            if state != _FIELD:
+                raise _Syntax("unexpected key", m.start(1))
+            raw = m.group(1)
+            key = kcache.get(raw)
+            if key is None:
+                key = kcache[raw] = raw.decode("utf-8", "surrogateescape")
+            if kind == 2:
+                kd[key] = m.group(2).decode("utf-8", "surrogateescape")
+            elif kind == 3:
+                table = {}
+                for k, x in _FLAT_FIELDS_RE.findall(m.group(3)):
+                    fkey = kcache.get(k)
+                    if fkey is None:
+                        fkey = kcache[k] = k.decode("utf-8", "surrogateescape")
+                    table[fkey] = x.decode("utf-8", "surrogateescape")
+                kd[key] = table
+            elif kind == 4:
+                if len(stack) >= MAX_DEPTH:
+                    raise _Syntax(f"tables nested deeper than {MAX_DEPTH} levels", m.start(4))
+                stack.append((_AFTERKEY, key, arr, kd, kpos, fnil))
+                arr, kd, kpos, fnil = [], {}, None, False
+            elif kind == 5:
+                v = int(m.group(5))
+                kd[key] = v if -_INT_MAX <= v <= _INT_MAX else float(m.group(5))
+            elif kind == 7:
+                kd[key] = float(m.group(7))
+            elif kind == 6:
+                kd[key] = m.group(6) == b"true"
+            else:
+                state = _AFTERKEY
+            continue
+        sep = False
+        if kind == 9 or kind == 8:  # "value" or "value";
+            v = m.group(8).decode("utf-8", "surrogateescape")
+            if kind == 9:
+                if state == _FIELD:
+                    arr.append(v)
+                    continue
+                sep = True
+        elif kind == 11 or kind == 10:  # } or };
+            if state != _AFTERVAL and state != _FIELD:
+                raise _Syntax("unexpected '}'", m.start(10))
+            if kpos is None and not arr:
+                v = kd
+            elif kpos is None and not kd:
+                v = dict(zip(range(1, len(arr) + 1), arr))
+            else:
+                v = _merge_fields(arr, kd, kpos)
+            if fnil:
+                v = {k: x for k, x in v.items() if x is not None}
+            state, key, arr, kd, kpos, fnil = stack.pop()
+            sep = kind == 11
+        elif kind == 12:
+            if state != _FIELD and state != _AFTERKEY and state != _KEYEXPR and state != _TOP:
+                raise _Syntax("unexpected '{'", m.start(12))
+            if len(stack) >= MAX_DEPTH:
+                raise _Syntax(f"tables nested deeper than {MAX_DEPTH} levels", m.start(12))
+            stack.append((state, key, arr, kd, kpos, fnil))
+            arr, kd, kpos, fnil, state = [], {}, None, False, _FIELD
+            continue
+        elif kind == 13:
+            if state == _AFTERVAL:
+                state = _FIELD
+            elif _top_separator(m.group(13), state, start_state):
+                state = _DAT_DONE if state in (_DAT_END, _TOP) else _LIST_START
+            else:
+                raise _Syntax("unexpected separator", m.start(13))
+            continue
+        elif kind == 14:
+            v = int(m.group(14))
+            if v > _INT_MAX or v < -_INT_MAX:
+                v = float(m.group(14))  # Lua: a decimal integer numeral that overflows is a float
+        elif kind == 15 or kind == 16:
+            v = _unescape(m.group(kind))
+        elif kind == 17:
+            v = float(m.group(17))
+        elif kind == 18:
+            v = _hex_number(m.group(18))
+        elif kind == 19:
+            word = m.group(19)
+            v = True if word == b"true" else False if word == b"false" else None
+            if v is None:
+                fnil = True
+        elif kind == 20:
+            sign = m.group(20)
+            v = math.inf if sign == b"1" else -math.inf if sign == b"-1" else math.nan
+        elif kind == 21:
+            if state != _FIELD:
+                raise _Syntax("unexpected '['", m.start(21))
+            state = _KEYEXPR
+            continue
+        elif kind == 22:
+            if state != _KEYCLOSE:
+                raise _Syntax("unexpected ']'", m.start(22))
+            if type(key) is int:
+                if kpos is None:
+                    kpos = {}
+                kpos[key] = len(arr) - len(arr) % 50  # positional items Lua has stored so far
+            state = _AFTERKEY
+            continue
+        elif kind == 23:
+            name = m.group(23)
+            if state != _FIELD or name in _KEYWORDS:
+                raise _Syntax("unexpected name " + repr(name.decode("ascii")), m.start(23))
+            key = name.decode("ascii")
+            state = _AFTERKEY
+            continue
+        elif kind == 24:
+            if state != _DAT_START:
+                raise _Syntax("unexpected 'return'", m.start(24))
+            state = _TOP
+            continue
+        elif kind == 25:
+            if state != _LIST_START and state != _LIST_SEMI:
+                raise _Syntax("unexpected 'item('", m.start(25))
+            state = _TOP
+            continue
+        elif kind == 26 or kind == 27:
+            if state != _LIST_RPAREN:
+                raise _Syntax("unexpected ')'", m.start(26))
+            state = _LIST_START if kind == 27 else _LIST_SEMI
+            continue
+        elif kind == 28:
+            continue  # comment
+        elif kind == 30:
+            v = _long_string(m.group(30))
+        else:
+            start = m.start(kind)
+            if data[start : start + 2] in (b"--", b"[[", b"[="):
+                raise _Syntax("unfinished long comment or string", start)
+            raise _Syntax("unexpected " + repr(data[start : start + 20]), start)
+        # A value is complete: store it where the state says.
+        if state == _AFTERKEY:
+            kd[key] = v
+            state = _AFTERVAL
+        elif state == _FIELD:
+            arr.append(v)
+            state = _AFTERVAL
+        elif state == _KEYEXPR:
+            try:
+                key = _table_key(v)
+            except ValueError as exc:
+                raise _Syntax(str(exc), m.start(kind)) from None
+            state = _KEYCLOSE
+        elif state == _TOP:
+            if start_state == _DAT_START:
+                result, state = v, _DAT_END
+            elif start_state == _LIST_START:
+                if v is not None:  # table.insert(items, nil) stores nothing
+                    items.append(v)
+                state = _LIST_RPAREN
+            else:
+                result, state = v, _VAL_END
+        else:
+            raise _Syntax("unexpected value", m.start(kind))
+        if sep:  # the token ended with a field separator
+            if state == _AFTERVAL:
+                state = _FIELD
+            elif state == _DAT_END:
+                state = _DAT_DONE
+            else:
+                raise _Syntax("unexpected separator", m.end() - 1)
+    if not (state in _EOF_OK or (state == _TOP and start_state == _DAT_START)):
+        raise _Syntax("unexpected end of data", len(data))
+    return items if start_state == _LIST_START else result
+
+
+def _top_separator(sep: bytes, state: int, start_state: int) -> bool:
+    """A ';' outside tables: after ``return v``, a bare ``return;``, or between list statements."""
+    if sep != b";":
+        return False
+    return state in (_DAT_END, _LIST_SEMI, _LIST_START) or (state == _TOP and start_state == _DAT_START)
+
+
+def _long_string(token: bytes) -> str:
+    level = token.index(b"[", 1) + 1
+    body = token[level : len(token) - level]
+    m = _NEWLINES.match(body)
+    if m:  # the first newline right after the opening bracket is not part of the string
+        body = body[m.end() :]
+    return _NEWLINES.sub(b"\n", body).decode("utf-8", "surrogateescape")
+
+
+def _load(data: bytes, source: str, start_state: int, kind: str, sandbox: bool) -> Any:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError("Lua data must be bytes")
+    data = bytes(data)
+    try:
+        return _parse(data, start_state)
+    except _Syntax as exc:
+        line = data.count(b"\n", 0, exc.line) + 1
+        where = f"line {line}: {exc}"
+    except (ValueError, OverflowError) as exc:  # e.g. a float that float() refuses; never escapes raw
+        where = str(exc)
+    if not sandbox:
+        raise LuaDataError(f"not in Prosody's data format ({where})", source)
+    from .luasandbox import sandbox_load
+
+    try:
+        return sandbox_load(data, source, kind)
+    except LuaDataError as exc:
+        message = f"not in Prosody's data format ({where}), and Lua could not read it: {exc.reason}"
+        raise LuaDataError(message, source) from None
+
+
+def loads_dat(data: bytes, source: str, *, sandbox: bool = True) -> Any:
+    """A keyval (``.dat``) file's value: ``return <value>;``; an empty file or ``return nil;`` is None.
+
+    With ``sandbox=False`` a file outside the strict grammar is an error instead of being run.
+    """
+    return _load(data, source, _DAT_START, "dat", sandbox)
+
+
+def loads_list(data: bytes, source: str, *, sandbox: bool = True) -> list[Any]:
+    """An archive (``.list``) file's items: the argument of each ``item(...)`` call, in order."""
+    return _load(data, source, _LIST_START, "list", sandbox)
+
+
+def loads_value(data: bytes, source: str, *, sandbox: bool = True) -> Any:
+    """One serialized value (what ``util.serialization.deserialize`` reads)."""
+    return _load(data, source, _TOP, "value", sandbox)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writer
+
+_STR_ESCAPES = [b"\\%03d" % i for i in range(256)]
+for _c, _e in ((7, b"\\a"), (8, b"\\b"), (12, b"\\f"), (10, b"\\n"), (13, b"\\r"), (9, b"\\t"), (11, b"\\v")):
+    _STR_ESCAPES[_c] = _e
+for _c in b"\\\"'":
+    _STR_ESCAPES[_c] = b"\\" + bytes((_c,))
+for _c in range(32, 127):
+    if _c not in b"\\\"'":
+        _STR_ESCAPES[_c] = bytes((_c,))
+_NEEDS_ESCAPE = re.compile(rb"[\x00-\x1f\"'\\\x7f-\xff]+")
+_INDENTS = [b"\n" + b"\t" * d for d in range(MAX_DEPTH + 2)]
+_CLOSERS = [b";\n" + b"\t" * d + b"}" for d in range(MAX_DEPTH + 2)]
+
+
+def _escape_run(m: re.Match) -> bytes:
+    return b"".join([_STR_ESCAPES[c] for c in m.group()])
+
+
+def _encode_str(s: str) -> bytes:
+    try:
+        return s.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise EncodeError(f"string is not encodable as bytes: {exc}") from None
+
+
+def _quote(raw: bytes) -> bytes:
+    return b'"' + _NEEDS_ESCAPE.sub(_escape_run, raw) + b'"'
+
+
+def _dump_float(v: float) -> bytes:
+    if v != v:
+        return b"(0/0)"
+    if v == math.inf:
+        return b"(1/0)"
+    if v == -math.inf:
+        return b"(-1/0)"
+    text = b"%.18g" % v
+    if b"." in text or b"e" in text:
+        return text
+    return text + b".0"  # deviation: Prosody writes "1", which Lua reads back as an integer
+
+
+def _dump_int(v: int) -> bytes:
+    if v > _INT_MAX or v < _INT_MIN:
+        raise EncodeError(f"integer {v} does not fit in a Lua integer (64 bits)")
+    if v == _INT_MIN:
+        return b"0x8000000000000000"  # deviation: "-9223372036854775808" reads back as a float
+    return b"%d" % v
+
+
+def _dump_scalar(v: Any) -> bytes:
+    t = type(v)
+    if t is str:
+        return _quote(_encode_str(v))
+    if t is int:
+        return _dump_int(v)
+    if t is bool:
+        return b"true" if v else b"false"
+    if t is float:
+        return _dump_float(v)
+    if v is None:
+        return b"nil"
+    if t is BoolKey:
+        return b"true" if v.value else b"false"
+    # Subclasses (IntEnum, str enums, numpy-free floats...) are written as their base type.
+    if isinstance(v, bool):
+        return b"true" if v else b"false"
+    if isinstance(v, int):
+        return _dump_int(int(v))
+    if isinstance(v, float):
+        return _dump_float(float(v))
+    if isinstance(v, str):
+        return _quote(_encode_str(str(v)))
+    raise EncodeError(f"cannot write a {t.__name__} as Lua data")
+
+
+def _norm_key(k: Any) -> tuple[tuple, Any, bytes]:
+    """(sort key, key as Lua stores it, its text) for a non-string key: booleans sort before numbers."""
+    if isinstance(k, (BoolKey, bool)):
+        b = k.value if isinstance(k, BoolKey) else bool(k)
+        return (0, b), BoolKey(b), b"true" if b else b"false"
+    if isinstance(k, int):
+        k = int(k)
+        return (1, k), k, _dump_int(k)
+    if isinstance(k, float):
+        k = float(k)
+        if k != k:
+            raise EncodeError("NaN cannot be a table key")
+        if k.is_integer() and _INT_MIN <= k <= _INT_MAX:
+            return (1, int(k)), int(k), _dump_int(int(k))
+        return (1, k), k, _dump_float(k)
+    if isinstance(k, str):
+        raw = _encode_str(str(k))
+        return (2, raw), str(k), raw
+    if k is None:
+        raise EncodeError("nil cannot be a table key")
+    raise EncodeError(f"a {type(k).__name__} cannot be a table key")
+
+
+def _dump_table(t: dict, out: list, depth: int) -> None:
+    depth += 1
+    if depth > MAX_DEPTH:
+        raise EncodeError(f"tables nested deeper than {MAX_DEPTH} levels (or a cycle)")
+    entries = []  # (sort key, key, key text, value)
+    others: dict = {}  # non-string keys as Lua stores them, to find positional items and clashes
+    for k, v in t.items():
+        if v is None:
+            continue  # a Lua table holds no nil
+        if type(k) is str:
+            raw = _encode_str(k)
+            entries.append(((2, raw), k, raw, v))
+            continue
+        sk, nk, text = _norm_key(k)
+        if nk in others:
+            raise EncodeError(f"table key {k!r} given twice (as {nk!r})")
+        others[nk] = v
+        entries.append((sk, nk, text, v))
+    if not entries:
+        out.append(b"{}")
+        return
+    n = 0
+    while (n + 1) in others:  # only an int can equal n + 1: floats there are non-integral
+        n += 1
+    indent = _INDENTS[depth]
+    sep = b";" + indent
+    out.append(b"{")
+    first = True
+    for i in range(1, n + 1):
+        out.append(indent if first else sep)
+        first = False
+        _dump_value(others[i], out, depth)
+    if len(entries) > n:
+        entries.sort(key=_sort_key)
+        for sk, nk, text, v in entries:
+            if n and sk[0] == 1 and type(nk) is int and 1 <= nk <= n:
+                continue
+            out.append(indent if first else sep)
+            first = False
+            out.append(b"[" + (_quote(text) if sk[0] == 2 else text) + b"] = ")
+            _dump_value(v, out, depth)
+    out.append(_CLOSERS[depth - 1])
+
+
+def _sort_key(entry: tuple) -> tuple:
+    return entry[0]
+
+
+def _dump_value(v: Any, out: list, depth: int) -> None:
+    if type(v) is dict:
+        _dump_table(v, out, depth)
+    elif isinstance(v, dict):
+        _dump_table(dict(v), out, depth)
+    else:
+        out.append(_dump_scalar(v))
+
+
+def dumps(value: Any) -> bytes:
+    """util.serialization's text for one value (see the module docstring for the key order)."""
+    out: list = []
+    _dump_value(value, out, 0)
+    return b"".join(out)
+
+
+def dumps_dat(value: Any) -> bytes:
+    """A keyval (``.dat``) file holding ``value``."""
+    return b"return " + dumps(value) + b";\n"
+
+
+def dumps_list(items: Iterable[Any]) -> bytes:
+    """An archive (``.list``) file holding ``items`` (None is refused: Prosody's loader drops it)."""
+    out = []
+    for item in items:
+        if item is None:
+            raise EncodeError("an archive item cannot be nil")
+        out.append(b"item(" + dumps(item) + b");\n")
+    return b"".join(out)
