@@ -1,0 +1,459 @@
+# Copyright: (c) 2026, xmpp.prosody contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""prosody_json against util/json.lua: fixed cases, then properties checked by real Prosody."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import tempfile
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ansible_collections.xmpp.prosody.plugins.module_utils.errors import DecodeError, EncodeError
+from ansible_collections.xmpp.prosody.plugins.module_utils.luadata import BoolKey
+from ansible_collections.xmpp.prosody.plugins.module_utils.prosody_json import (
+    MAX_DEPTH,
+    JsonError,
+    decode,
+    encode,
+    lua_tonumber,
+)
+
+from prosody_oracle import LUA, PRELUDE, canon, require_prosody
+
+INF = math.inf
+
+# -- strategies over our Lua-value model -------------------------------------------------------
+
+byte_strings = st.binary(max_size=10).map(lambda raw: raw.decode("utf-8", "surrogateescape"))
+strings = st.one_of(
+    st.text(max_size=10),
+    byte_strings,
+    st.sampled_from(["", "__array", "__hash", "1", "null", "\\u0041", "\\", '"', "a\x00b", "\x7f", "é😀"]),
+)
+integers = st.one_of(st.integers(-3, 5), st.integers(-(2**63), 2**63 - 1))
+finite_floats = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.1 + 0.2, 1 / 3, 1.0, -0.0, 2.0**53, 2.0**53 + 2, 1e15, 1e16, 1e300, 5e-324, 2.0**63]),
+)
+nonfinite_floats = st.sampled_from([INF, -INF, math.nan])
+
+
+# Float keys in our model are never integral within Lua's integer range (Lua converts those).
+finite_keys = st.one_of(
+    st.floats(-1e6, 1e6).map(lambda f: f + 0.5 if f.is_integer() else f),
+    st.sampled_from([0.1 + 0.2, 1 / 3, -2.25, 1e20, -1e300, 2.0**63, 5e-324]),
+)
+
+
+def lua_values(floats: st.SearchStrategy[float], float_keys: st.SearchStrategy[float]) -> st.SearchStrategy:
+    keys = st.one_of(strings, st.integers(-1, 7), integers, float_keys, st.booleans().map(BoolKey))
+    scalars = st.one_of(st.booleans(), integers, floats, strings)
+    return st.recursive(scalars, lambda inner: st.dictionaries(keys, inner, max_size=4), max_leaves=6)
+
+
+finite_values = lua_values(finite_floats, finite_keys)
+# Only infinities and NaN as floats: the values Prosody's own encoder writes as unreadable text.
+nonfinite_values = lua_values(nonfinite_floats, st.sampled_from([INF, -INF]))
+# What our encoder must write readably: every float but NaN.
+encodable_values = lua_values(st.one_of(finite_floats, st.sampled_from([INF, -INF])), finite_keys | st.just(INF))
+
+
+# -- the oracle --------------------------------------------------------------------------------
+
+
+def frames(data: bytes) -> list[bytes]:
+    """Split the ``<length>:<bytes>`` frames the Lua side writes."""
+    result, index = [], 0
+    while index < len(data):
+        colon = data.index(b":", index)
+        size = int(data[index:colon])
+        result.append(data[colon + 1 : colon + 1 + size])
+        index = colon + 1 + size
+    return result
+
+
+# One Lua process serves every example: handlers[name](input, out) per request, where input is
+# the canon-decoded batch and out(bytes) writes one reply frame.
+SERVER_LOOP = """
+local function serve()
+    while true do
+        local header = io.read("l")
+        if not header then return end
+        local name, size = header:match("^(%S+) (%d+)$")
+        local input = canon.decode(io.read(tonumber(size)))
+        local chunks = {}
+        local ok, err = pcall(handlers[name], input, function(s) chunks[#chunks + 1] = #s .. ":" .. s end)
+        local reply = ok and table.concat(chunks) or ("!" .. tostring(err))
+        io.write(#reply, "\\n", reply)
+        io.flush()
+    end
+end
+serve()
+"""
+
+
+class LuaSession:
+    """A long-running Lua 5.4 with Prosody's sources, answering batches of values."""
+
+    def __init__(self, script: str) -> None:
+        require_prosody()
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False, encoding="utf-8") as f:
+            f.write(PRELUDE + script + SERVER_LOOP)
+            self.path = f.name
+        self.proc = subprocess.Popen([LUA, self.path], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def call(self, name: str, items: list[object]) -> list[bytes]:
+        payload = canon(dict(enumerate(items, 1)))
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{name} {len(payload)}\n".encode() + payload)
+        self.proc.stdin.flush()
+        header = self.proc.stdout.readline()
+        assert header, "the Lua oracle exited"
+        reply = self.proc.stdout.read(int(header))
+        assert not reply.startswith(b"!"), reply.decode("utf-8", "replace")
+        return frames(reply)
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+        os.unlink(self.path)
+
+
+JSON_HANDLERS = """
+local json = require "util.json"
+handlers = {}
+
+local function table_key(value)
+    if type(value) ~= "table" then return false end
+    for k, v in pairs(value) do
+        if type(k) == "table" or table_key(v) then return true end
+    end
+    return false
+end
+
+function handlers.decode(input, out)
+    for _, text in ipairs(input) do
+        local ok, value = pcall(json.decode, text)
+        if not ok or value == nil then out("ERR")
+        elseif table_key(value) then out("TABLE-KEY")
+        else out(canon.encode(value)) end
+    end
+end
+
+function handlers.encode(input, out)
+    for _, value in ipairs(input) do
+        local text = json.encode(value)
+        local ok, back = pcall(json.decode, text)
+        out(text)
+        out((ok and back ~= nil) and canon.encode(back) or "ERR")
+    end
+end
+
+function handlers.tonumber(input, out)
+    for _, text in ipairs(input) do out(canon.encode(tonumber(text))) end
+end
+"""
+
+
+@pytest.fixture(scope="module")
+def lua():
+    session = LuaSession(JSON_HANDLERS)
+    yield session
+    session.close()
+
+
+# -- properties through real Prosody ------------------------------------------------------------
+
+
+@given(st.lists(encodable_values, min_size=1, max_size=4))
+def test_prosody_decodes_our_encoding_to_the_same_value(lua, values):
+    assert lua.call("decode", [encode(v) for v in values]) == [canon(v) for v in values]
+
+
+@given(st.lists(finite_values, min_size=1, max_size=4))
+def test_we_decode_prosody_encoding_as_prosody_does(lua, values):
+    result = lua.call("encode", values)
+    for text, prosody_value in zip(result[::2], result[1::2]):
+        assert prosody_value != b"ERR", text
+        assert canon(decode(text.decode("utf-8", "surrogateescape"), "row")) == prosody_value
+
+
+def has_nonfinite(value: object) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(has_nonfinite(k) or has_nonfinite(v) for k, v in value.items())
+    return False
+
+
+@given(st.lists(nonfinite_values, min_size=1, max_size=4))
+def test_we_recover_infinities_and_nan_that_prosody_cannot_read(lua, values):
+    result = lua.call("encode", values)
+    for value, text, prosody_value in zip(values, result[::2], result[1::2]):
+        assert (prosody_value == b"ERR") == has_nonfinite(value), text
+        assert canon(decode(text.decode("utf-8", "surrogateescape"), "row")) == canon(value)
+
+
+# Texts built from JSON's pieces and the quirks of util/json.lua, to compare both decoders on
+# input neither encoder writes (errors included: Prosody's nil is our JsonError).
+json_atoms = st.sampled_from(
+    [
+        "1",
+        "-0",
+        "1.0",
+        "1e2",
+        "-1e999",
+        "9223372036854775808",
+        "-9223372036854775808",
+        "1e",
+        "1-2",
+        "0.5e-3",
+        "00012",
+        "true",
+        "false",
+        "null",
+        "nul",
+        '"a"',
+        '"\\x"',
+        '"\\u00e9"',
+        '"\\ud83d\\ude00"',
+        '"\\ud83d"',
+        '"\\u12"',
+        '"\\\\u0041"',
+        '"\\/\\b\\f\\n\\r\\t"',
+        '"raw\x01\n"',
+        '"\\"q"',
+        "\t",
+        " ",
+        ",",
+        ":",
+        "[",
+        "]",
+        "{",
+        "}",
+        '"__array"',
+        '"__hash"',
+        '{"__array":[1,2]}',
+        '{"__hash":[true,1,2.5,"x",1.0,3]}',
+        '{"__array":"s"}',
+        '{"__array":5}',
+        '{"__hash":[null,1]}',
+        '{"__array":false}',
+        "[1,]",
+        '{"a":1,}',
+        "",
+    ]
+)
+
+
+@given(st.lists(st.lists(json_atoms, max_size=8).map("".join), min_size=1, max_size=10))
+def test_decoding_arbitrary_text_matches_prosody(lua, texts):
+    for text, prosody_value in zip(texts, lua.call("decode", texts)):
+        try:
+            ours = canon(decode(text, "row"))
+        except JsonError as exc:
+            # A table as a key is valid Lua that our model cannot hold: the one refusal we add.
+            ours = b"TABLE-KEY" if "used as a key" in str(exc) else b"ERR"
+        assert ours == prosody_value, text
+
+
+# -- fixed cases: the layout ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ({}, "{}"),
+        ({1: "a", 2: "b"}, '["a","b"]'),
+        ({1: "a", 2: "b", 4: "d"}, '{"__hash":[4,"d"],"__array":["a","b"]}'),
+        ({"b": 1, "a": {}}, '{"a":{},"b":1}'),
+        ({BoolKey(False): {"version": 3}, "x@y": {"subscription": "both"}},
+         '{"x@y":{"subscription":"both"},"__hash":[false,{"version":3}]}'),
+        ({"k": "v", 1: 1, 2.5: 2, BoolKey(True): 3, -1: 4, "__array": 5},
+         '{"k":"v","__hash":[true,3,-1,4,2.5,2,"__array",5],"__array":[1]}'),
+        ({1: {1: {1: {}}}}, "[[[{}]]]"),
+        ({3.0: "x", 1.0: "y"}, '{"__hash":[3,"x"],"__array":["y"]}'),
+        ({"a": None, 1: None}, "{}"),
+    ],
+)  # fmt: skip
+def test_table_layout(value, text):
+    assert encode(value) == text
+
+
+def test_key_order_is_fixed():
+    assert encode({"b": 1, "a": 2, "\udcff": 3, "é": 4}) == '{"a":2,"b":1,"é":4,"\udcff":3}'
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (1, "1"),
+        (1.0, "1.0"),
+        (-0.0, "-0.0"),
+        (2**53 + 1, "9007199254740993"),
+        (float(2**53), "9007199254740992.0"),
+        (1e300, "1e+300"),
+        (0.1 + 0.2, "0.30000000000000004"),
+        (INF, "1e999"),
+        (-INF, "-1e999"),
+        (-(2**63), "-9223372036854775808"),
+    ],
+)
+def test_numbers(value, text):
+    assert encode(value) == text
+    assert canon(decode(text, "row")) == canon(value)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("1e+15", 1e15),
+        ("9223372036854775808", 9.223372036854775808e18),
+        ("-9223372036854775809", -9.223372036854775808e18),
+        ("00012", 12),
+        ("-0", 0),
+        ("1E2", 100.0),
+        ("inf", INF),
+        ("-inf", -INF),
+        ("1" * 5000, INF),
+        ("0." + "0" * 5000 + "1", 0.0),
+    ],
+)
+def test_numbers_read_as_lua_reads_them(text, value):
+    assert canon(decode(text, "row")) == canon(value)
+
+
+def test_nan_is_read_back_from_prosody_text():
+    assert math.isnan(decode("-nan", "row"))
+    assert math.isnan(decode("[nan]", "row")[1])
+
+
+def test_nan_cannot_be_written():
+    with pytest.raises(EncodeError, match="NaN"):
+        encode({"a": math.nan})
+    with pytest.raises(EncodeError, match="NaN"):
+        encode({math.nan: 1})
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("a\x00b", '"a\\u0000b"'),
+        ('q"\\/', '"q\\"\\\\/"'),
+        ("\b\f\n\r\t\x01\x1f\x7f", '"\\b\\f\\n\\r\\t\\u0001\\u001F\x7f"'),
+        ("é😀", '"é😀"'),
+        ("\udcff\udcc3(", '"\udcff\udcc3("'),
+    ],
+)
+def test_strings(value, text):
+    assert encode(value) == text
+    assert decode(text, "row") == value
+    assert decode(text.encode("utf-8", "surrogateescape"), "row") == value
+
+
+def test_strings_that_are_not_bytes_are_refused():
+    with pytest.raises(EncodeError):
+        encode("\ud800")
+    with pytest.raises(JsonError):
+        decode('"\ud800"', "row")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ('"\\x\\q"', "\\x\\q"),  # unknown escapes stay, as in Prosody
+        ('"\\u00E9\\ud83d\\ude00"', "é😀"),
+        ('"\\\\ud83d"', "\\ud83d"),
+        ('"\\u0000"', "\x00"),
+        ('"raw\ncontrol\x01"', "raw\ncontrol\x01"),
+        ("null", {}),
+        ("[1,null]", {1: 1, 2: {}}),
+        (" [ ] ", {}),
+        ('{"__array":[1,2],"x":3}', {1: 1, 2: 2, "x": 3}),
+        ('{"__hash":[true,"t",false,"f",2.5,"h",1.0,"one","__hash","x","odd"]}',
+         {BoolKey(True): "t", BoolKey(False): "f", 2.5: "h", 1: "one", "__hash": "x"}),
+        ('{"__array":["a"],"__hash":[1,"b"]}', {1: "b"}),
+        ('{"__array":"str","__hash":null}', {}),
+        ('{"__array":false}', {"__array": False}),
+        ('{"__array":[1],}', {"__array": {1: 1}}),  # Prosody does not fold after a trailing comma
+        ('{"a":1,"a":2}', {"a": 2}),
+        ('{"__hash":[{"__array":[1]},2]}', None),
+    ],
+)  # fmt: skip
+def test_decoding_follows_prosody(text, value):
+    if value is None:
+        with pytest.raises(JsonError, match="key"):
+            decode(text, "row")
+    else:
+        assert canon(decode(text, "row")) == canon(value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "  ", "[1,]", "[,1]", "{,}", '{"a"}', '{"a":}', "[1 2]", '"\\ud83d"', '"\\u12"', '"abc', "1e", "-",
+     "+1", ".5", "nul", "[1]x", '{"__array":5}', '{"__hash":true}', "0x10", "\\u0031"],
+)  # fmt: skip
+def test_invalid_text_names_the_source(text):
+    with pytest.raises(JsonError, match=r"^roster row 7: invalid JSON") as info:
+        decode(text, "roster row 7")
+    assert isinstance(info.value, DecodeError)
+    assert info.value.source == "roster row 7"
+
+
+def test_deep_nesting_is_bounded():
+    assert decode("[" * MAX_DEPTH + "]" * MAX_DEPTH, "row") is not None
+    with pytest.raises(JsonError, match="nested deeper"):
+        decode("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), "row")
+    with pytest.raises(JsonError, match="nested deeper"):
+        decode('{"a":' * 100000, "row")
+    deep: dict = {}
+    for _ in range(MAX_DEPTH):
+        deep = {"a": deep}
+    with pytest.raises(EncodeError, match="nested deeper"):
+        encode(deep)
+    assert decode(encode(deep["a"]), "row") == deep["a"]
+
+
+def test_values_json_cannot_hold_are_refused():
+    for value in (None, object(), {"a": object()}, {(1, 2): 1}, 2**63, {1: -(2**63) - 1}):
+        with pytest.raises(EncodeError):
+            encode(value)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("0x10", 16),
+        (" 0x10 ", 16),
+        ("-0x10", -16),
+        ("0xffffffffffffffffff", -1),
+        ("0x1p4", 16.0),
+        ("0x.8", 0.5),
+        ("0x1p99999", INF),
+        ("\t5\n", 5),
+        ("1.", 1.0),
+        ("inf", None),
+        ("nan", None),
+        ("1e", None),
+        ("0x", None),
+        ("5\x00", None),
+        ("1_0", None),
+        ("", None),
+    ],
+)
+def test_lua_tonumber(text, value):
+    result = lua_tonumber(text)
+    assert canon(result) == canon(value)
+
+
+def test_lua_tonumber_matches_lua(lua):
+    texts = ["0x10", " 0x10 ", "-0x10", "0xffffffffffffffffff", "0x1p4", "0x.8", "0x1p99999", "\t5\n", "1.",
+             "1e", "0x", "1_0", "", "1e999", "-0", "+5", "+.5e1", "9223372036854775807", "-9223372036854775809",
+             "0X1P-2", "1 2", "\v7\f"]  # fmt: skip
+    assert [canon(lua_tonumber(text)) for text in texts] == lua.call("tonumber", texts)
