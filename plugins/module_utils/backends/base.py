@@ -1,0 +1,82 @@
+# Copyright: (c) 2026, xmpp.prosody contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The one small interface every storage backend gives the engine.
+
+Names follow Prosody: a *host* (``example.com``), a *store* (``roster``, ``archive``), a *user*
+(the local part, ``None`` for host-level data). Values are in the luadata model; archive
+values are usually ``stanza.Element``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ArchiveItem:
+    """One archived item as Prosody keeps it: its key, value (a stanza), time and peer."""
+
+    key: str
+    value: Any
+    when: int | float
+    with_: str | None = None
+
+
+class Backend(abc.ABC):
+    """A storage backend opened from a store definition (a migrator.cfg.lua entry)."""
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        self.params = dict(params)
+        # Things found in the data that the user should hear about (never secrets).
+        self.warnings: list[str] = []
+
+    # keyval stores -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def keyval_users(self, host: str, store: str) -> Iterator[str]:
+        """Users holding a value in this keyval store (never the host-level entry)."""
+
+    @abc.abstractmethod
+    def keyval_get(self, host: str, store: str, user: str | None) -> Any:
+        """One user's value (``user=None``: the host-level value); None when absent."""
+
+    @abc.abstractmethod
+    def keyval_set(self, host: str, store: str, user: str | None, value: Any) -> None:
+        """Replace one user's value; None or an empty table removes it, as Prosody does."""
+
+    # archive stores ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def archive_users(self, host: str, store: str) -> Iterator[str]:
+        """Users with at least one item in this archive store."""
+
+    @abc.abstractmethod
+    def archive_items(self, host: str, store: str, user: str | None) -> Iterator[ArchiveItem]:
+        """One user's items, oldest first (the order Prosody returns them)."""
+
+    def archive_keys(self, host: str, store: str, user: str | None) -> list[str]:
+        """The keys of one user's items, in order; backends override this with a cheaper query."""
+        return [item.key for item in self.archive_items(host, store, user)]
+
+    @abc.abstractmethod
+    def archive_write(self, host: str, store: str, user: str | None, items: Iterable[ArchiveItem]) -> None:
+        """Append items in one transaction; an item whose key exists replaces the old one."""
+
+    # discovery -----------------------------------------------------------------------------
+    def hosts(self) -> Iterator[str]:
+        """Hosts present in this backend, where it can enumerate them."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list hosts")
+
+    def stores(self, host: str) -> Iterator[tuple[str, str]]:
+        """(store, type) pairs present for a host, type being 'keyval' or 'archive'."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list stores")
+
+    def close(self) -> None:  # noqa: B027 - an optional hook, not every backend holds resources
+        """Release connections and files."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

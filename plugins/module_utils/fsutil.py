@@ -1,0 +1,127 @@
+# Copyright: (c) 2026, xmpp.prosody contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Durable file writes for data files that hold password hashes.
+
+Writes go to a temporary file in the destination directory (a dot-name ending in TEMP_SUFFIX,
+so nothing that looks for ``*.dat`` / ``*.list`` can take it for data), which is flushed,
+fsynced, given its final mode and owner, renamed over the destination, and followed by an
+fsync of the directory. Modes never keep a bit for "others": these files hold secrets.
+Paths are bytes or str, as the caller holds them; OSError is left to the caller to name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+from typing import NamedTuple, Union
+
+Path = Union[str, bytes]
+
+DEFAULT_FILE_MODE = 0o640
+DEFAULT_DIR_MODE = 0o750
+FILE_MODE_MASK = 0o770  # no world bits, no setuid/setgid/sticky on data files
+DIR_MODE_MASK = 0o2770  # a setgid directory stays setgid, so new files keep its group
+TEMP_PREFIX = ".~xmpp-prosody-"
+TEMP_SUFFIX = ".tmp"
+
+
+class Owner(NamedTuple):
+    """The mode, user and group a new file or directory is given (None: leave as created)."""
+
+    mode: int
+    uid: int | None = None
+    gid: int | None = None
+
+
+def owner_like(st: os.stat_result, mask: int) -> Owner:
+    """The mode and ownership of an existing file, with the bits we never grant masked off."""
+    return Owner(stat.S_IMODE(st.st_mode) & mask, st.st_uid, st.st_gid)
+
+
+def is_temp_name(name: Path) -> bool:
+    """Whether a directory entry is one of our temporary files (never data)."""
+    text = os.fsdecode(name)
+    return text.startswith(TEMP_PREFIX) and text.endswith(TEMP_SUFFIX)
+
+
+def _temp_path(directory: Path) -> Path:
+    # Short and fixed-length, whatever the destination's name: a long name must not overflow NAME_MAX.
+    name = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{TEMP_SUFFIX}"
+    return os.path.join(directory, os.fsencode(name) if isinstance(directory, bytes) else name)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename, creation or removal inside a directory durable."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _chown(fd: int, owner: Owner) -> None:
+    """Give an open file the wanted owner where we may; an unprivileged run keeps its own."""
+    st = os.fstat(fd)
+    uid = -1 if owner.uid is None or owner.uid == st.st_uid else owner.uid
+    gid = -1 if owner.gid is None or owner.gid == st.st_gid else owner.gid
+    if uid == -1 and gid == -1:
+        return
+    try:
+        os.fchown(fd, uid, gid)
+    except PermissionError:
+        if gid != -1:
+            with contextlib.suppress(PermissionError):  # a member of the group may still hand it over
+                os.fchown(fd, -1, gid)
+
+
+def atomic_write(path: Path, data: bytes, owner: Owner) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
+    directory = os.path.dirname(path)
+    tmp = _temp_path(directory)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            _chown(fd, owner)
+            os.fchmod(fd, owner.mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+
+
+def remove_file(path: Path) -> bool:
+    """Remove a file durably; False when it was not there."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    fsync_dir(os.path.dirname(path))
+    return True
+
+
+def make_dir(path: Path, owner: Owner) -> None:
+    """Create one directory (its parent exists) with an exact mode and owner, durably."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if os.path.isdir(path):
+            return
+        raise
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        _chown(fd, owner)
+        os.fchmod(fd, owner.mode)
+    finally:
+        os.close(fd)
+    fsync_dir(os.path.dirname(path))
