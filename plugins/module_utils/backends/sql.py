@@ -1,0 +1,315 @@
+# Copyright: (c) 2026, xmpp.prosody contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Prosody's ``sql`` storage (mod_storage_sql, 0.12 schema) on SQLite3, PostgreSQL and MySQL/MariaDB.
+
+Tables: ``prosody`` (one row per keyval key, plus the ``key = ''`` row for non-string keys) and
+``prosodyarchive`` (ordered by ``sort_id``). Host-level data is ``user = ''``; an archive item
+without a peer has ``with = ''``. Every value is bound, never spliced into the query text.
+
+Tables are created on the first write when missing (Prosody's layout, with ``when`` a 64-bit
+integer everywhere) and left alone when present. A schema that Prosody would refuse until
+``prosodyctl mod_storage_sql upgrade`` is run is refused for writing with the reasons listed.
+A value the destination (or Prosody reading it back) cannot hold raises SqlEncodeError naming
+the host, store and user; nothing is ever stored altered.
+
+SQLite3: a relative ``database`` resolves against the ``data_path`` parameter (default ``.``),
+as Prosody resolves it against its data directory; the default name is ``prosody.sqlite``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Optional
+
+from ..errors import EncodeError, ProsodyMigrateError
+from ..sqlvalue import from_sql, keyval_from_rows, keyval_to_rows, to_sql
+from .base import ArchiveItem, Backend
+from .dialects import ARCHIVE_COLUMNS, KEYVAL_COLUMNS, REQUIRED, Column, Dialect, SqlDatabaseError, for_params
+
+PAGE = 500  # archive rows fetched per query: bounded memory, no long-lived server cursor
+
+
+class SqlSchemaError(ProsodyMigrateError):
+    """An existing schema we cannot use as it is (missing columns, or Prosody wants it upgraded)."""
+
+
+class SqlEncodeError(EncodeError):
+    """A value this database, or Prosody reading it back, cannot hold."""
+
+
+class SqlBackend(Backend):
+    """mod_storage_sql's tables; params as a migrator.cfg.lua ``sql`` entry gives them."""
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        super().__init__(params)
+        self.dialect: Dialect = for_params(self.params)
+        self._conn: Any = None
+        self._schema: Optional[dict[str, dict[str, Column]]] = None
+        self._problems: list[str] = []
+        self._row_limit: Optional[int] = None
+        if self.dialect.exists():
+            self._open(create=False)
+
+    # connection and schema ---------------------------------------------------------------------
+    def _open(self, create: bool) -> None:
+        self._conn = self.dialect.connect(create)
+        try:
+            self._inspect()
+        except BaseException:
+            self.close()
+            raise
+
+    def _inspect(self) -> None:
+        with self._tx() as cur:
+            present = self.dialect.tables(cur) & set(REQUIRED)
+            self._schema = {table: self.dialect.columns(cur, table) for table in sorted(present)}
+            self._problems = self.dialect.upgrade_problems(cur) if len(present) == len(REQUIRED) else []
+            self._row_limit = self.dialect.row_limit(cur)
+        for table, columns in self._schema.items():
+            missing = [c for c in REQUIRED[table] if c not in columns]
+            if missing:
+                raise SqlSchemaError(
+                    f"{self.dialect.describe()}: table {table} lacks column(s) {', '.join(missing)};"
+                    " it is not a Prosody 0.12 mod_storage_sql schema"
+                )
+
+    def _has(self, table: str) -> bool:
+        return self._schema is not None and table in self._schema
+
+    def _writable(self) -> None:
+        """Create missing tables; refuse a schema Prosody would want upgraded first."""
+        if self._conn is None:
+            self._open(create=True)
+        missing = set(REQUIRED) - set(self._schema or {})
+        if missing:
+            with self._tx() as cur:
+                self.dialect.create_tables(cur, missing)
+            self._inspect()
+        if self._problems:
+            raise SqlSchemaError(
+                f"{self.dialect.describe()} has an old schema that Prosody refuses until "
+                f"`prosodyctl mod_storage_sql upgrade` is run: {'; '.join(self._problems)}"
+            )
+
+    def schema_problems(self) -> list[str]:
+        """Why Prosody would refuse the existing schema (empty when it is current or absent)."""
+        return list(self._problems)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # query helpers ----------------------------------------------------------------------------
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        """One transaction; the driver's own errors come out as SqlDatabaseError."""
+        try:
+            with self.dialect.transaction(self._conn) as cur:
+                yield cur
+        except self.dialect.driver_errors() as exc:
+            raise SqlDatabaseError(f"{self.dialect.describe()}: {self.dialect.reason(exc)}") from exc
+
+    def _where(self, **pairs: str) -> tuple[str, list[Any]]:
+        parts, params = [], []
+        for column, value in pairs.items():
+            fragment, times = self.dialect.eq(column)
+            parts.append(fragment)
+            params.extend([self.dialect.bind_text(value)] * times)
+        return " AND ".join(parts), params
+
+    def _select(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._tx() as cur:
+            cur.execute(self.dialect.sql(query), params)
+            return [tuple(self.dialect.read_text(v) for v in row) for row in cur.fetchall()]
+
+    def _distinct(self, column: str, table: str, **pairs: str) -> list[str]:
+        if not self._has(table):
+            return []
+        where, params = self._where(**pairs)
+        rows = self._select(f'SELECT DISTINCT {self.dialect.exact(column)} FROM "{table}" WHERE {where}', params)
+        return sorted({row[0] for row in rows})
+
+    def _source(self, table: str, host: str, store: str, user: Optional[str], key: Optional[str] = None) -> str:
+        where = f"{self.dialect.describe()}, table {table}, host {host!r}, store {store!r}, user {user!r}"
+        return where + (f", key {key!r}" if key is not None else "")
+
+    def _check(self, host: str, store: str, user: Optional[str], table: str, row: dict[str, Any]) -> None:
+        """Raise SqlEncodeError when a row's text or time cannot be stored as it is."""
+        columns = (self._schema or {}).get(table, {})
+        total = 0
+        for name, value in row.items():
+            if isinstance(value, str):
+                problem = self.dialect.text_problem(value)
+                limit = columns[name].max_bytes if name in columns else None
+                size = len(value.encode("utf-8", "surrogateescape"))
+                total += size
+                if problem is None and limit is not None and size > limit:
+                    problem = f"is {size} bytes, more than the {limit} its {columns[name].type} column holds"
+                if problem:
+                    raise SqlEncodeError(
+                        f"cannot store host {host!r}, store {store!r}, user {user!r} in "
+                        f"{self.dialect.describe()}: the {name} {_preview(value)} {problem}"
+                    )
+        if self._row_limit is not None and total > self._row_limit:
+            raise SqlEncodeError(
+                f"cannot store host {host!r}, store {store!r}, user {user!r} in {self.dialect.describe()}: "
+                f"a row of {total} bytes is more than the server's max_allowed_packet lets through"
+                f" ({self._row_limit + 4096} bytes, less room for the statement)"
+            )
+
+    def _bind_row(self, row: dict[str, Any], columns: Sequence[str]) -> tuple[Any, ...]:
+        return tuple(self.dialect.bind_text(row[c]) if isinstance(row[c], str) else row[c] for c in columns)
+
+    # keyval --------------------------------------------------------------------------------
+    def keyval_users(self, host: str, store: str) -> Iterator[str]:
+        users = self._distinct("user", "prosody", host=host, store=store)
+        return iter([u for u in users if u != ""])
+
+    def keyval_get(self, host: str, store: str, user: Optional[str]) -> Any:
+        if not self._has("prosody"):
+            return None
+        where, params = self._where(host=host, user=user or "", store=store)
+        rows = self._select(f'SELECT "key", "type", "value" FROM "prosody" WHERE {where}', params)
+        if not rows:
+            return None
+        return keyval_from_rows(rows, self._source("prosody", host, store, user))
+
+    def keyval_set(self, host: str, store: str, user: Optional[str], value: Any) -> None:
+        self._writable()
+        base = {"host": host, "user": user or "", "store": store}
+        rows = []
+        if value is not None:  # an empty table gives no rows: removed, as in Prosody
+            try:
+                encoded = keyval_to_rows(value)
+            except ProsodyMigrateError as exc:
+                raise SqlEncodeError(f"cannot store host {host!r}, store {store!r}, user {user!r}: {exc}") from exc
+            for key, type_, text in encoded:
+                row = {**base, "key": key, "type": type_, "value": text}
+                self._check(host, store, user, "prosody", row)
+                rows.append(self._bind_row(row, KEYVAL_COLUMNS))
+        for name, text in base.items():
+            self._check(host, store, user, "prosody", {name: text})
+        where, params = self._where(**base)
+        with self._tx() as cur:
+            cur.execute(self.dialect.sql(f'DELETE FROM "prosody" WHERE {where}'), params)
+            if rows:
+                self.dialect.insert_many(cur, "prosody", KEYVAL_COLUMNS, rows)
+
+    # archive -------------------------------------------------------------------------------
+    def archive_users(self, host: str, store: str) -> Iterator[str]:
+        users = self._distinct("user", "prosodyarchive", host=host, store=store)
+        return iter([u for u in users if u != ""])
+
+    def archive_items(self, host: str, store: str, user: Optional[str]) -> Iterator[ArchiveItem]:
+        if not self._has("prosodyarchive"):
+            return
+        where, params = self._where(host=host, user=user or "", store=store)
+        query = (
+            f'SELECT "sort_id", "key", "type", "value", "when", "with" FROM "prosodyarchive" '
+            f'WHERE {where} AND "sort_id" > {{n}} ORDER BY "sort_id" LIMIT {PAGE}'
+        )
+        last = -(2**63)
+        while True:
+            rows = self._select(query, [*params, last])
+            for sort_id, key, type_, text, when, with_ in rows:
+                value = from_sql(type_, text, self._source("prosodyarchive", host, store, user, key))
+                yield ArchiveItem(key, value, when, with_ or None)
+                last = sort_id
+            if len(rows) < PAGE:
+                return
+
+    def archive_keys(self, host: str, store: str, user: Optional[str]) -> list[str]:
+        if not self._has("prosodyarchive"):
+            return []
+        where, params = self._where(host=host, user=user or "", store=store)
+        rows = self._select(f'SELECT "key" FROM "prosodyarchive" WHERE {where} ORDER BY "sort_id"', params)
+        return [row[0] for row in rows]
+
+    def archive_write(self, host: str, store: str, user: Optional[str], items: Iterable[ArchiveItem]) -> None:
+        self._writable()
+        latest: dict[str, ArchiveItem] = {}
+        for item in items:
+            # A repeated key replaces the earlier item and moves to the end, as Prosody's append does.
+            latest.pop(item.key, None)
+            latest[item.key] = item
+        rows = [self._archive_row(host, store, user, item) for item in latest.values()]
+        if not rows:
+            return
+        existing = set(self.archive_keys(host, store, user)) & set(latest)
+        base, params = self._where(host=host, user=user or "", store=store)
+        key_cond, times = self.dialect.eq("key")
+        delete = self.dialect.sql(f'DELETE FROM "prosodyarchive" WHERE {base} AND {key_cond}')
+        with self._tx() as cur:
+            if existing:
+                bound = [[*params, *[self.dialect.bind_text(k)] * times] for k in sorted(existing)]
+                cur.executemany(delete, bound)
+            self.dialect.insert_many(cur, "prosodyarchive", ARCHIVE_COLUMNS, rows)
+
+    def _archive_row(self, host: str, store: str, user: Optional[str], item: ArchiveItem) -> tuple[Any, ...]:
+        try:
+            type_, text = to_sql(item.value)
+        except ProsodyMigrateError as exc:
+            raise SqlEncodeError(
+                f"cannot store host {host!r}, store {store!r}, user {user!r}, item {item.key!r}: {exc}"
+            ) from exc
+        row = {
+            "host": host,
+            "user": user or "",
+            "store": store,
+            "when": self._when(host, store, user, item),
+            "with": item.with_ or "",
+            "key": item.key,
+            "type": type_,
+            "value": text,
+        }
+        self._check(host, store, user, "prosodyarchive", row)
+        return self._bind_row(row, ARCHIVE_COLUMNS)
+
+    def _when(self, host: str, store: str, user: Optional[str], item: ArchiveItem) -> int | float:
+        """The time as the column takes it: an integer, or a float where SQLite keeps REAL."""
+        when = item.when
+        problem = None
+        if isinstance(when, bool) or not isinstance(when, (int, float)):
+            problem = f"is a {type(when).__name__}, not a number"
+        elif isinstance(when, float) and not math.isfinite(when):
+            problem = "is not a finite number"
+        elif isinstance(when, float) and not self.dialect.keeps_float_time:
+            if when != int(when):
+                problem = "has a fraction, which this integer column cannot hold (Prosody's own driver fails or rounds)"
+            else:
+                when = int(when)
+        if problem is None:
+            column = (self._schema or {}).get("prosodyarchive", {}).get("when")
+            low, high = column.int_range if column and column.int_range else (-(2**63), 2**63 - 1)
+            if not low <= when <= high:
+                kind = column.type if column else "integer"
+                problem = f"is outside the range of the existing {kind} column ({low}..{high})"
+        if problem:
+            raise SqlEncodeError(
+                f"cannot store host {host!r}, store {store!r}, user {user!r} in {self.dialect.describe()}: "
+                f"item {item.key!r}: time {when!r} {problem}"
+            )
+        return when
+
+    # discovery -------------------------------------------------------------------------------
+    def hosts(self) -> Iterator[str]:
+        found: set[str] = set()
+        for table in REQUIRED:
+            if self._has(table):
+                found.update(
+                    r[0] for r in self._select(f'SELECT DISTINCT {self.dialect.exact("host")} FROM "{table}"', [])
+                )
+        return iter(sorted(found))
+
+    def stores(self, host: str) -> Iterator[tuple[str, str]]:
+        # Prosody's map stores share the prosody table with keyval ones, so they list as keyval.
+        keyval = [(s, "keyval") for s in self._distinct("store", "prosody", host=host)]
+        archive = [(s, "archive") for s in self._distinct("store", "prosodyarchive", host=host)]
+        return iter(sorted(keyval + archive))
+
+
+def _preview(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "...")
