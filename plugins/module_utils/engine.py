@@ -1,0 +1,400 @@
+# Copyright: (c) 2026, xmpp.prosody contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The copy engine: moves a Prosody server's data from one storage backend to another.
+
+``run_migration(source, destination, options)`` takes two store definitions as migrator.cfg.lua
+holds them and returns a ``report.Report``. It works as Prosody's migrator does (values are
+replaced, archive items replaced by key, users only in the destination are left alone) with
+these differences:
+
+* it compares with the destination first (``compare.same_value``) and writes only what differs,
+  so a second run writes nothing; an archive is read once per user on each side and written in
+  one ``archive_write``. As an append goes to the end, the source items after the first one that
+  differs (or is out of place) are written again behind it, so the source's order is kept;
+* host-level data (user None) is migrated once, never again as a user called "";
+* for a pubsub service (``pubsub_nodes-pubsub``) the items of each node, archive ``pubsub_<node>``
+  held at host level, come along (Prosody's migrator looks for them under the wrong names);
+* an absent or empty source value is nothing to migrate: the destination's value is kept
+  (Prosody's migrator would delete the destination's host-level value);
+* a failure stops the run (or, with ``keep_going``, is recorded and the run goes on); either way
+  the report comes back with ``failed`` set, ``stopped`` telling which. Errors in the setup (a
+  store definition that cannot be opened, an unknown host or store name) raise instead:
+  ``plan.ConfigError`` or another ``ProsodyMigrateError``.
+
+``verify`` reads the destination back after the copy and lists what differs in
+``Report.mismatches`` (``verified`` False also sets ``failed``); with ``check`` it is a verify-only
+run comparing the destination as it is. Warnings come from the backends' ``warnings`` lists and
+from the file store's archive quota.
+
+Memory is bounded by one user's store: users are enumerated lazily and nothing is kept per host.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from .backends import backend_params, open_backend
+from .backends.base import ArchiveItem, Backend
+from .compare import same_item, same_value
+from .errors import ProsodyMigrateError
+from .plan import ConfigError, Plan, StoreSpec, build_plan
+from .report import Failure, ProgressEvent, Report, Scrubber, StoreResult, jsonable, mask_secrets
+
+__all__ = ["ConfigError", "Options", "ProgressEvent", "Report", "run_migration"]
+
+# mod_storage_internal's storage_archive_item_limit default: past it Prosody stores no new items.
+FILE_ARCHIVE_LIMIT = 10000
+PUBSUB_SERVICE_STORE = "pubsub_nodes"  # mod_pubsub's node list; its "users" are node names
+
+
+@dataclass
+class Options:
+    """How to run: ``check`` writes nothing, ``diff`` records what changes, ``verify`` reads the
+    destination back, ``keep_going`` records failures and goes on, ``hosts``/``stores`` narrow
+    the plan, ``progress`` is called with each ProgressEvent."""
+
+    check: bool = False
+    diff: bool = False
+    verify: bool = False
+    keep_going: bool = False
+    hosts: Optional[Sequence[str]] = None
+    stores: Optional[Sequence[str]] = None
+    progress: Optional[Callable[[ProgressEvent], None]] = None
+
+
+class _Stop(Exception):
+    """Internal: the first failure ends a run without keep_going."""
+
+
+def _absent(value: Any) -> bool:
+    """What Prosody's stores treat as no value: nil or an empty table."""
+    return value is None or (isinstance(value, dict) and not value)
+
+
+def _node_names(value: Any) -> list[str]:
+    """The node names a pubsub node list holds: its string keys."""
+    return sorted(k for k in value if isinstance(k, str)) if isinstance(value, dict) else []
+
+
+class _Run:
+    """One run over a plan; ``phase`` is "copy" or "verify"."""
+
+    def __init__(
+        self, src: Backend, dst: Backend, plan: Plan, options: Options, report: Report, scrub: Scrubber
+    ) -> None:
+        self.src, self.dst, self.plan = src, dst, plan
+        self.options, self.report, self.scrub = options, report, scrub
+        self.phase = "copy"
+        self.counts: dict[str, Optional[int]] = {}
+        self._results: dict[tuple[str, str, str], StoreResult] = {}
+        self._dst_is_files = dst.params.get("type") == "internal"
+        self._dst_root = getattr(dst, "root", None) if self._dst_is_files else None
+
+    # running ----------------------------------------------------------------------------------
+    def run(self, phase: str) -> None:
+        self.phase = phase
+        self.counts = {
+            "hosts_done": 0,
+            "hosts_total": len(self.plan.hosts),
+            "stores_done": 0,
+            "stores_total": self.plan.store_count(),
+            "users_done": 0,
+            "users_total": None,
+            "items_done": 0,
+        }
+        self._emit("start")
+        try:
+            for host_plan in self.plan.hosts:
+                self._emit("host", host_plan.host)
+                for spec in host_plan.stores:
+                    self._store(host_plan.host, spec)
+                self.counts["hosts_done"] += 1
+        finally:
+            self._emit("done")
+
+    def _emit(self, kind: str, host: Optional[str] = None, store: Optional[str] = None, user: Any = None) -> None:
+        if self.options.progress is not None:
+            self.options.progress(ProgressEvent(kind, host, store, user, dict(self.counts), self.phase))
+
+    def _result(self, host: str, store: str, type_: str) -> StoreResult:
+        key = (host, store, type_)
+        if key not in self._results:
+            self._results[key] = self.report.store_result(host, store, type_)
+        return self._results[key]
+
+    def _guard(
+        self, host: str, store: str, user: Optional[str], scope: str, type_: str, action: Callable[[], Any]
+    ) -> Any:
+        """Run one unit of work; a ProsodyMigrateError becomes a failure (or a mismatch when verifying)."""
+        try:
+            return action()
+        except ProsodyMigrateError as exc:
+            reason = self.scrub(str(exc))
+            if self.phase == "verify":
+                self.report.mismatches.append(Failure(host, store, user, f"cannot verify: {reason}", scope))
+                return None
+            self.report.failures.append(Failure(host, store, user, reason, scope))
+            if scope != "store":
+                self._result(host, store, type_).users_failed += 1
+            if not self.options.keep_going:
+                raise _Stop from None
+            return None
+
+    # stores -----------------------------------------------------------------------------------
+    def _store(self, host: str, spec: StoreSpec) -> None:
+        self.counts["users_done"], self.counts["users_total"] = 0, None
+        self._emit("store", host, spec.name)
+        if self.phase == "copy":
+            self._result(host, spec.name, "archive" if spec.type == "archive" else "keyval")
+        if spec.type == "archive":
+            self._archive_store(host, spec.name)
+        else:
+            self._keyval_store(host, spec.name, spec.type == "pubsub")
+        self.counts["stores_done"] += 1
+        self._emit("store_done", host, spec.name)
+
+    def _users(self, host: str, store: str, type_: str, list_users: Callable[[], Iterator[str]]) -> Iterator[str]:
+        """A store's users, read lazily; a failure to list them is a store-level failure."""
+        users = self._guard(host, store, None, "store", type_, lambda: iter(list_users()))
+        if users is None:
+            return
+        hint = operator.length_hint(users, -1)
+        self.counts["users_total"] = hint if hint >= 0 else None
+        while True:
+            user = self._guard(host, store, None, "store", type_, lambda: next(users, StopIteration))
+            if user is None or user is StopIteration:
+                return
+            yield user
+            self.counts["users_done"] += 1
+            self._emit("user", host, store, user)
+
+    def _keyval_store(self, host: str, store: str, pubsub: bool) -> None:
+        service = pubsub and store == PUBSUB_SERVICE_STORE
+        value = self._guard(host, store, None, "host", "keyval", lambda: self._keyval(host, store, None))
+        if pubsub and not service:
+            self._node_items(host, store + "_", _node_names(value), None)
+        for user in self._users(host, store, "keyval", lambda: self.src.keyval_users(host, store)):
+            value = self._guard(host, store, user, "user", "keyval", lambda u=user: self._keyval(host, store, u))
+            if service:
+                # mod_pubsub: the node list's "user" is the node, its items are host-level data.
+                self._node_items(host, "pubsub_", [user], None)
+            elif pubsub:
+                # mod_pep: the account's node list; each node's items are in that account's archive.
+                self._node_items(host, store + "_", _node_names(value), user)
+
+    def _node_items(self, host: str, prefix: str, nodes: list[str], user: Optional[str]) -> None:
+        for node in nodes:
+            store = prefix + node
+            self._guard(
+                host,
+                store,
+                user,
+                "host" if user is None else "user",
+                "archive",
+                lambda s=store: self._archive(host, s, user),
+            )
+
+    def _archive_store(self, host: str, store: str) -> None:
+        self._guard(host, store, None, "host", "archive", lambda: self._archive(host, store, None))
+        for user in self._users(host, store, "archive", lambda: self.src.archive_users(host, store)):
+            self._guard(host, store, user, "user", "archive", lambda u=user: self._archive(host, store, u))
+
+    def _dst_missing(self) -> bool:
+        """Whether the destination is a file store not created yet (read as empty, not an error:
+        the internal backend refuses to read a missing data directory, rightly so for a source)."""
+        return self._dst_root is not None and not os.path.isdir(self._dst_root)
+
+    def _dst_get(self, host: str, store: str, user: Optional[str]) -> Any:
+        return None if self._dst_missing() else self.dst.keyval_get(host, store, user)
+
+    def _dst_items(self, host: str, store: str, user: Optional[str]) -> Iterator[ArchiveItem]:
+        return iter(()) if self._dst_missing() else self.dst.archive_items(host, store, user)
+
+    # keyval -----------------------------------------------------------------------------------
+    def _keyval(self, host: str, store: str, user: Optional[str]) -> Any:
+        """Copy (or verify) one keyval value; returns the source's value."""
+        value = self.src.keyval_get(host, store, user)
+        self.scrub.learn(value)
+        if _absent(value):
+            if user is not None and self.phase == "copy":
+                self._result(host, store, "keyval").users_unchanged += 1
+            return None
+        current = self._dst_get(host, store, user)
+        self.scrub.learn(current)
+        same = same_value(value, current)
+        if self.phase == "verify":
+            if not same:
+                what = "is missing from" if _absent(current) else "differs in"
+                self._mismatch(host, store, user, f"the value {what} the destination")
+            return value
+        result = self._result(host, store, "keyval")
+        if same:
+            result.users_unchanged += 1
+            return value
+        created = _absent(current)
+        if not self.options.check:
+            self.dst.keyval_set(host, store, user, value)
+        if created:
+            result.users_created += 1
+        else:
+            result.users_updated += 1
+        self.report.changed = True
+        if self.options.diff:
+            self.report.diff.append(
+                {
+                    "host": host,
+                    "store": store,
+                    "user": user,
+                    "type": "keyval",
+                    "action": "create" if created else "update",
+                    "before": None if created else jsonable(mask_secrets(current)),
+                    "after": jsonable(mask_secrets(value)),
+                }
+            )
+        return value
+
+    def _mismatch(self, host: str, store: str, user: Optional[str], reason: str) -> None:
+        self.report.mismatches.append(Failure(host, store, user, reason, "user" if user is not None else "host"))
+
+    # archives ---------------------------------------------------------------------------------
+    def _source_items(self, host: str, store: str, user: Optional[str]) -> dict[str, ArchiveItem]:
+        """One user's source items by key, in order; a repeated key keeps its last item, moved to
+        the end, as the destination's append leaves it."""
+        items: dict[str, ArchiveItem] = {}
+        for item in self.src.archive_items(host, store, user):
+            items.pop(item.key, None)
+            items[item.key] = item
+            self.counts["items_done"] += 1
+        return items
+
+    def _archive(self, host: str, store: str, user: Optional[str]) -> None:
+        """Copy (or verify) one user's archive: read both sides once, write what differs at once."""
+        wanted = self._source_items(host, store, user)
+        if not wanted:
+            return  # nothing held here, at host level or for a node without items
+        current = {item.key: item for item in self._dst_items(host, store, user)}
+        added = [key for key in wanted if key not in current]
+        replaced = [key for key, item in wanted.items() if key in current and not same_item(item, current[key])]
+        if self.phase == "verify":
+            self._verify_archive(host, store, user, wanted, current, added, replaced)
+            return
+        result = self._result(host, store, "archive")
+        new = _tail(wanted, set(added) | set(replaced), current)
+        self._quota_warning(host, store, user, len(current) + len(added))
+        if new:
+            try:
+                if not self.options.check:
+                    self.dst.archive_write(host, store, user, new)
+            except ProsodyMigrateError:
+                result.items_failed += len(added) + len(replaced)
+                raise
+            if current:
+                result.users_updated += 1
+            else:
+                result.users_created += 1
+            self.report.changed = True
+            if self.options.diff:
+                self.report.diff.append(
+                    {
+                        "host": host,
+                        "store": store,
+                        "user": user,
+                        "type": "archive",
+                        "action": "update" if current else "create",
+                        "items_added": len(added),
+                        "items_replaced": len(replaced),
+                    }
+                )
+        else:
+            result.users_unchanged += 1
+        result.items_created += len(added)
+        result.items_updated += len(replaced)
+        result.items_unchanged += len(wanted) - len(added) - len(replaced)
+
+    def _verify_archive(
+        self,
+        host: str,
+        store: str,
+        user: Optional[str],
+        wanted: dict[str, ArchiveItem],
+        current: dict[str, ArchiveItem],
+        added: list[str],
+        replaced: list[str],
+    ) -> None:
+        if added or replaced:
+            self._mismatch(
+                host,
+                store,
+                user,
+                f"{len(added)} of {len(wanted)} items missing from the destination and {len(replaced)} "
+                f"different (first: key {(added or replaced)[0]!r})",
+            )
+        elif [key for key in current if key in wanted] != list(wanted):
+            self._mismatch(host, store, user, "the destination holds the items in a different order")
+
+    def _quota_warning(self, host: str, store: str, user: Optional[str], count: int) -> None:
+        if self._dst_is_files and count >= FILE_ARCHIVE_LIMIT:
+            whose = "the host-level archive" if user is None else f"user {user!r}"
+            self.report.warn(
+                f"host {host!r}, store {store!r}: {whose} holds {count} items in the file store; Prosody adds no "
+                f"new items to an archive holding storage_archive_item_limit (default {FILE_ARCHIVE_LIMIT}) or more"
+            )
+
+
+def _tail(wanted: dict[str, ArchiveItem], changed: set[str], current: dict[str, ArchiveItem]) -> list[ArchiveItem]:
+    """The items to write: from the first one that differs on, every source item, in order.
+
+    An append goes to the end of the destination's archive, so items after a changed one are
+    written again behind it to keep the source's order; when the destination's order already
+    differs from the source's, the items from the first out-of-place one on are written too.
+    """
+    keys = list(wanted)
+    start = next((i for i, key in enumerate(keys) if key in changed), len(keys))
+    held = [key for key in current if key in wanted]
+    # The destination's own order of the source's items agrees with the source up to `agree`.
+    agree = next((i for i, (a, b) in enumerate(zip(held, keys)) if a != b), min(len(held), len(keys)))
+    if start == len(keys) and agree >= len(held):
+        return []
+    return [wanted[key] for key in keys[min(start, agree) :]]
+
+
+def _collect_warnings(report: Report, scrub: Scrubber, *backends: Optional[Backend]) -> None:
+    for backend in backends:
+        for message in getattr(backend, "warnings", None) or ():
+            report.warn(scrub(str(message)))
+
+
+def run_migration(
+    source: Mapping[str, Any], destination: Mapping[str, Any], options: Optional[Options] = None
+) -> Report:
+    """Migrate what the source definition's plan names into the destination; see the module notes."""
+    options = options or Options()
+    report = Report(check=options.check, diff_enabled=options.diff)
+    scrub = Scrubber()
+    for definition in (source, destination):
+        scrub.add(backend_params(definition).get("password"))
+    src = dst = None
+    try:
+        src = open_backend(source)
+        dst = open_backend(destination)
+        plan = build_plan(backend_params(source), src, options.hosts, options.stores)
+        report.discovered = plan.discovered
+        run = _Run(src, dst, plan, options, report, scrub)
+        try:
+            run.run("copy")
+            if options.verify:
+                run.run("verify")
+                report.verified = not report.mismatches
+        except _Stop:
+            report.stopped = True
+    finally:
+        _collect_warnings(report, scrub, src, dst)
+        for backend in (dst, src):
+            if backend is not None:
+                backend.close()
+    report.failed = bool(report.failures) or report.verified is False
+    return report
