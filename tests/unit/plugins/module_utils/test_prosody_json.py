@@ -5,9 +5,6 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import tempfile
 
 import pytest
 from hypothesis import given
@@ -23,107 +20,8 @@ from ansible_collections.xmpp.prosody.plugins.module_utils.prosody_json import (
     lua_tonumber,
 )
 
-from prosody_oracle import LUA, PRELUDE, canon, require_prosody
-
-INF = math.inf
-
-# -- strategies over our Lua-value model -------------------------------------------------------
-
-byte_strings = st.binary(max_size=10).map(lambda raw: raw.decode("utf-8", "surrogateescape"))
-strings = st.one_of(
-    st.text(max_size=10),
-    byte_strings,
-    st.sampled_from(["", "__array", "__hash", "1", "null", "\\u0041", "\\", '"', "a\x00b", "\x7f", "é😀"]),
-)
-integers = st.one_of(st.integers(-3, 5), st.integers(-(2**63), 2**63 - 1))
-finite_floats = st.one_of(
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.sampled_from([0.1 + 0.2, 1 / 3, 1.0, -0.0, 2.0**53, 2.0**53 + 2, 1e15, 1e16, 1e300, 5e-324, 2.0**63]),
-)
-nonfinite_floats = st.sampled_from([INF, -INF, math.nan])
-
-
-# Float keys in our model are never integral within Lua's integer range (Lua converts those).
-finite_keys = st.one_of(
-    st.floats(-1e6, 1e6).map(lambda f: f + 0.5 if f.is_integer() else f),
-    st.sampled_from([0.1 + 0.2, 1 / 3, -2.25, 1e20, -1e300, 2.0**63, 5e-324]),
-)
-
-
-def lua_values(floats: st.SearchStrategy[float], float_keys: st.SearchStrategy[float]) -> st.SearchStrategy:
-    keys = st.one_of(strings, st.integers(-1, 7), integers, float_keys, st.booleans().map(BoolKey))
-    scalars = st.one_of(st.booleans(), integers, floats, strings)
-    return st.recursive(scalars, lambda inner: st.dictionaries(keys, inner, max_size=4), max_leaves=6)
-
-
-finite_values = lua_values(finite_floats, finite_keys)
-# Only infinities and NaN as floats: the values Prosody's own encoder writes as unreadable text.
-nonfinite_values = lua_values(nonfinite_floats, st.sampled_from([INF, -INF]))
-# What our encoder must write readably: every float but NaN.
-encodable_values = lua_values(st.one_of(finite_floats, st.sampled_from([INF, -INF])), finite_keys | st.just(INF))
-
-
-# -- the oracle --------------------------------------------------------------------------------
-
-
-def frames(data: bytes) -> list[bytes]:
-    """Split the ``<length>:<bytes>`` frames the Lua side writes."""
-    result, index = [], 0
-    while index < len(data):
-        colon = data.index(b":", index)
-        size = int(data[index:colon])
-        result.append(data[colon + 1 : colon + 1 + size])
-        index = colon + 1 + size
-    return result
-
-
-# One Lua process serves every example: handlers[name](input, out) per request, where input is
-# the canon-decoded batch and out(bytes) writes one reply frame.
-SERVER_LOOP = """
-local function serve()
-    while true do
-        local header = io.read("l")
-        if not header then return end
-        local name, size = header:match("^(%S+) (%d+)$")
-        local input = canon.decode(io.read(tonumber(size)))
-        local chunks = {}
-        local ok, err = pcall(handlers[name], input, function(s) chunks[#chunks + 1] = #s .. ":" .. s end)
-        local reply = ok and table.concat(chunks) or ("!" .. tostring(err))
-        io.write(#reply, "\\n", reply)
-        io.flush()
-    end
-end
-serve()
-"""
-
-
-class LuaSession:
-    """A long-running Lua 5.4 with Prosody's sources, answering batches of values."""
-
-    def __init__(self, script: str) -> None:
-        require_prosody()
-        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False, encoding="utf-8") as f:
-            f.write(PRELUDE + script + SERVER_LOOP)
-            self.path = f.name
-        self.proc = subprocess.Popen([LUA, self.path], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-
-    def call(self, name: str, items: list[object]) -> list[bytes]:
-        payload = canon(dict(enumerate(items, 1)))
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(f"{name} {len(payload)}\n".encode() + payload)
-        self.proc.stdin.flush()
-        header = self.proc.stdout.readline()
-        assert header, "the Lua oracle exited"
-        reply = self.proc.stdout.read(int(header))
-        assert not reply.startswith(b"!"), reply.decode("utf-8", "replace")
-        return frames(reply)
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
-        os.unlink(self.path)
-
+from lua_strategies import INF, encodable_values, finite_values, has_nonfinite, nonfinite_values
+from prosody_oracle import LuaSession, canon
 
 JSON_HANDLERS = """
 local json = require "util.json"
@@ -182,14 +80,6 @@ def test_we_decode_prosody_encoding_as_prosody_does(lua, values):
     for text, prosody_value in zip(result[::2], result[1::2]):
         assert prosody_value != b"ERR", text
         assert canon(decode(text.decode("utf-8", "surrogateescape"), "row")) == prosody_value
-
-
-def has_nonfinite(value: object) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(has_nonfinite(k) or has_nonfinite(v) for k, v in value.items())
-    return False
 
 
 @given(st.lists(nonfinite_values, min_size=1, max_size=4))

@@ -9,14 +9,6 @@ import math
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_prosody_json import (
-    LuaSession,
-    encodable_values,
-    finite_values,
-    has_nonfinite,
-    nonfinite_values,
-    strings,
-)
 
 from ansible_collections.xmpp.prosody.plugins.module_utils.errors import DecodeError, EncodeError
 from ansible_collections.xmpp.prosody.plugins.module_utils.luadata import BoolKey
@@ -30,7 +22,8 @@ from ansible_collections.xmpp.prosody.plugins.module_utils.sqlvalue import (
 )
 from ansible_collections.xmpp.prosody.plugins.module_utils.stanza import Element, StanzaError
 
-from prosody_oracle import canon
+from lua_strategies import encodable_values, finite_values, has_nonfinite, nonfinite_values, strings
+from prosody_oracle import LuaSession, canon
 
 INF = math.inf
 

@@ -30,7 +30,7 @@ from ansible_collections.xmpp.prosody.plugins.module_utils.errors import DecodeE
 from ansible_collections.xmpp.prosody.plugins.module_utils.luadata import BoolKey
 from ansible_collections.xmpp.prosody.plugins.module_utils.stanza import Element
 
-from prosody_oracle import PROSODY_SRC, canon, run_lua
+from prosody_oracle import PROSODY_SRC, canon, collections_path, run_lua
 
 HOSTS = ["example.com", "müc.example"]
 # Names that need encoding: dots and @, non-ASCII, a slash, escape attempts, bytes that are not UTF-8,
@@ -686,8 +686,7 @@ InternalBackend({{"path": {path!r}}}).keyval_set("h", "s", "u", {{"password": "n
 def test_a_killed_write_leaves_a_temporary_file_that_is_never_data(tmp_path):
     backend = InternalBackend({"path": str(tmp_path)})
     backend.keyval_set("h", "s", "u", {"password": "old"})
-    collections = os.path.join(os.path.dirname(__file__), *[".."] * 5, ".build", "collections")
-    script = KILLED_WRITER.format(collections=os.path.abspath(collections), path=str(tmp_path))
+    script = KILLED_WRITER.format(collections=collections_path(), path=str(tmp_path))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, check=False)
     assert proc.returncode == -9, proc.stderr
     leftovers = [name for name in os.listdir(tmp_path / "h" / "s") if name != "u.dat"]
