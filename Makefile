@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 COLLECTION_COPY = $(shell scripts/sync-collection.sh)
 ANSIBLE_TEST_PYTHON := 3.11
 
-.PHONY: all demo test test-deps venv lint units sanity collection-install bench explore clean
+.PHONY: all command demo test test-deps venv lint units sanity collection-install bench explore clean
 
 all: test
 
@@ -47,7 +47,13 @@ collection-install: venv
 	$(BIN)/ansible-galaxy collection build --force --output-path .build/dist . >/dev/null
 	$(BIN)/ansible-galaxy collection install --force -p $(VENV)/collections .build/dist/xmpp-prosody-*.tar.gz >/dev/null
 
-demo: collection-install
+# The command as users run it: the installed collection's launcher, run by the venv's Python.
+command: collection-install
+	printf '#!/bin/sh\nexec "%s" "%s" "$$@"\n' "$(BIN)/python" \
+	  "$(VENV)/collections/ansible_collections/xmpp/prosody/scripts/prosody-migrator" > $(BIN)/prosody-migrator
+	chmod +x $(BIN)/prosody-migrator
+
+demo: command
 	$(BIN)/python demo/demo.py
 
 bench: venv test-deps

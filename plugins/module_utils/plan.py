@@ -98,7 +98,8 @@ def configured_hosts(source: Mapping[str, Any]) -> Optional[dict[str, list[Store
         return None
     if isinstance(hosts, Mapping) and not all(isinstance(k, int) for k in hosts):
         out = {}
-        for host, stores in hosts.items():
+        # A Lua table has no order; sorting makes every run (and its report) list hosts alike.
+        for host, stores in sorted(hosts.items(), key=lambda item: str(item[0])):
             if not isinstance(host, str) or not host:
                 raise ConfigError(f"hosts: {host!r} is not a host name")
             out[host] = _unique(parse_store(e) for e in _sequence(stores, f"hosts[{host!r}]"))
