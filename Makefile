@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 COLLECTION_COPY = $(shell scripts/sync-collection.sh)
 ANSIBLE_TEST_PYTHON := 3.11
 
-.PHONY: all command demo test test-deps venv lint units sanity collection-install bench explore clean
+.PHONY: all command demo test test-deps venv lint units sanity integration collection-install bench explore clean
 
 all: test
 
@@ -39,7 +39,11 @@ units: venv test-deps ansible-test-cache
 sanity: venv test-deps ansible-test-cache
 	cd $(COLLECTION_COPY) && PATH=$(BIN):$$PATH $(BIN)/ansible-test sanity --venv --python $(ANSIBLE_TEST_PYTHON) --requirements
 
-test: lint units sanity
+# Integration targets (the module, its packaging) against the real databases; see the script.
+integration: venv test-deps
+	scripts/run-integration.sh prosody_migrate
+
+test: lint units sanity integration
 
 # The collection as users get it: built into a tarball and installed beside the venv.
 collection-install: venv
