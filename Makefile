@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 COLLECTION_COPY = $(shell scripts/sync-collection.sh)
 ANSIBLE_TEST_PYTHON := 3.11
 
-.PHONY: all command demo test test-deps venv lint units sanity integration collection-install bench explore clean
+.PHONY: all command demo test test-deps venv lint units sanity integration e2e collection-install bench explore clean
 
 all: test
 
@@ -43,7 +43,15 @@ sanity: venv test-deps ansible-test-cache
 integration: venv test-deps
 	scripts/run-integration.sh prosody_migrate
 
-test: lint units sanity integration
+# End to end: migrate into PostgreSQL, start Debian's Prosody on it, log in with slixmpp.
+$(VENV)/.installed-e2e: $(STAMP) requirements-e2e.txt
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-e2e.txt
+	touch $@
+
+e2e: $(VENV)/.installed-e2e test-deps
+	$(BIN)/pytest -p no:cacheprovider tests/e2e
+
+test: lint units sanity integration e2e
 
 # The collection as users get it: built into a tarball and installed beside the venv.
 collection-install: venv

@@ -146,7 +146,8 @@ for r = 1, n_rooms do
 		local nick = "nick" .. (m % 5)
 		local msg = st.message({ from = room_jid .. "/" .. nick, type = "groupchat", id = rand_id(10) })
 			:text_tag("body", words(4))
-		muc_log:append(node, nil, msg, base_time + r * 100 + m, nick)
+		-- mod_muc_mam files every room message under the peer "message<groupchat".
+		muc_log:append(node, nil, msg, base_time + r * 100 + m, "message<groupchat")
 	end
 end
 dm.store(nil, muc_host, "persistent", persistent)
