@@ -36,7 +36,7 @@ WORDS = "the quick brown fox jumps over lazy dog héllo wörld 👋 ok yes no ma
 def mam_item(rng: random.Random, i: int) -> dict:
     when = 1_700_000_000 + i * 37 + rng.random()
     peer = f"contact{rng.randrange(50)}@example.org"
-    body = " ".join(rng.choice(WORDS) for _ in range(rng.randrange(3, 30)))
+    body = " ".join(rng.choice(WORDS) for _word in range(rng.randrange(3, 30)))
     children: list[Any] = [
         {"name": "body", "attr": {}, 1: body},
         {"name": "active", "attr": {"xmlns": "http://jabber.org/protocol/chatstates"}},
@@ -77,8 +77,8 @@ def account(rng: random.Random) -> dict:
 def corpus(quick: bool) -> tuple[list[bytes], int, list[bytes], int, list[list[dict]], list[dict]]:
     rng = random.Random(42)
     archives = [[mam_item(rng, f * 1000 + i) for i in range(200)] for f in range(5 if quick else 25)]
-    dats = [roster(rng, rng.randrange(5, 80)) for _ in range(50 if quick else 200)]
-    dats += [account(rng) for _ in range(200 if quick else 800)]
+    dats = [roster(rng, rng.randrange(5, 80)) for _file in range(50 if quick else 200)]
+    dats += [account(rng) for _file in range(200 if quick else 800)]
     list_files = [dumps_list(items) for items in archives]
     dat_files = [dumps_dat(v) for v in dats]
     return list_files, sum(map(len, archives)), dat_files, len(dat_files), archives, dats

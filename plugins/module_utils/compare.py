@@ -25,8 +25,9 @@ _SCALARS = (type(None), bool, int, str)
 
 
 def _same_float(a: float, b: float) -> bool:
-    if a != a or b != b:  # NaN equals NaN, whatever its payload
-        return a != a and b != b
+    a_nan, b_nan = math.isnan(a), math.isnan(b)
+    if a_nan or b_nan:  # NaN equals NaN, whatever its payload
+        return a_nan and b_nan
     return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
 
 
@@ -39,7 +40,7 @@ def _key_set(table: dict[Any, Any]) -> set[tuple[type, Any]]:
 
 def _lua_key(key: Any) -> tuple[type, Any]:
     """A key as Lua stores it, tagged with its type: a float with an integral value is an integer."""
-    if type(key) is float and key.is_integer():
+    if type(key) is float and key.is_integer():  # pylint: disable=unidiomatic-typecheck  # exact, like the type tag
         return int, int(key)
     return type(key), key
 

@@ -262,12 +262,13 @@ def _table_key(v: Any) -> Any:
         raise ValueError("table index is nil")
     if v is True or v is False:
         return BoolKey(v)
-    if type(v) is float:
-        if v != v:
+    # v comes from the parser, so exact types and isinstance agree (bools were handled above).
+    if isinstance(v, float):
+        if math.isnan(v):
             raise ValueError("table index is NaN")
         if v.is_integer() and _INT_MIN <= v <= _INT_MAX:
             return int(v)
-    elif type(v) is dict:
+    elif isinstance(v, dict):
         raise ValueError("a table used as a table key is not supported")
     return v
 
@@ -393,7 +394,7 @@ def _parse(data: bytes, start_state: int) -> Any:
         elif kind == 22:
             if state != _KEYCLOSE:
                 raise _Syntax("unexpected ']'", m.start(22))
-            if type(key) is int:
+            if isinstance(key, int):  # never a bool: _table_key made those BoolKey
                 if kpos is None:
                     kpos = {}
                 kpos[key] = len(arr) - len(arr) % 50  # positional items Lua has stored so far
@@ -554,7 +555,7 @@ def _quote(raw: bytes) -> bytes:
 
 
 def _dump_float(v: float) -> bytes:
-    if v != v:
+    if math.isnan(v):
         return b"(0/0)"
     if v == math.inf:
         return b"(1/0)"
@@ -610,7 +611,7 @@ def _norm_key(k: Any) -> tuple[tuple, Any, bytes]:
         return (1, k), k, _dump_int(k)
     if isinstance(k, float):
         k = float(k)
-        if k != k:
+        if math.isnan(k):
             raise EncodeError("NaN cannot be a table key")
         if k.is_integer() and _INT_MIN <= k <= _INT_MAX:
             return (1, int(k)), int(k), _dump_int(int(k))
@@ -632,7 +633,7 @@ def _dump_table(t: dict, out: list, depth: int) -> None:
     for k, v in t.items():
         if v is None:
             continue  # a Lua table holds no nil
-        if type(k) is str:
+        if type(k) is str:  # pylint: disable=unidiomatic-typecheck  # fast path; subclasses go through _norm_key
             raw = _encode_str(k)
             entries.append(((2, raw), k, raw, v))
             continue
@@ -658,7 +659,7 @@ def _dump_table(t: dict, out: list, depth: int) -> None:
     if len(entries) > n:
         entries.sort(key=_sort_key)
         for sk, nk, text, v in entries:
-            if n and sk[0] == 1 and type(nk) is int and 1 <= nk <= n:
+            if n and sk[0] == 1 and isinstance(nk, int) and 1 <= nk <= n:  # nk is never a bool (BoolKey)
                 continue
             out.append(indent if first else sep)
             first = False
@@ -672,7 +673,7 @@ def _sort_key(entry: tuple) -> tuple:
 
 
 def _dump_value(v: Any, out: list, depth: int) -> None:
-    if type(v) is dict:
+    if type(v) is dict:  # pylint: disable=unidiomatic-typecheck  # fast path; a subclass is copied below
         _dump_table(v, out, depth)
     elif isinstance(v, dict):
         _dump_table(dict(v), out, depth)

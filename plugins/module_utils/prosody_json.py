@@ -302,7 +302,8 @@ class _Reader:
             return PROSODY_NONFINITE[nonfinite.group(0).decode()], nonfinite.end()
         if head.isdigit() or head == b"-":
             match = _NUMBER.match(self.data, index)
-            assert match is not None  # head is a digit or a minus sign
+            if match is None:  # cannot happen: _NUMBER matches any digit or minus sign
+                raise self.fail("number expected")
             number = lua_tonumber(match.group(0).decode("ascii"))
             if number is None:
                 raise self.fail(f"bad number {match.group(0)[:40].decode('ascii')!r}")

@@ -285,7 +285,7 @@ def _element_from_table(table: dict[Any, Any], where: str, source: str, strict: 
             continue  # Prosody drops these silently
         if "|" in key and _NS_SEP not in key:
             # Pre-0.9 form "ns|name"; Prosody fails (nil concatenation) when either part is empty.
-            ns, _, local = key.partition("|")
+            ns, _sep, local = key.partition("|")
             if not ns or not local:
                 raise StanzaError(f"invalid legacy attribute name {key!r} at {where}", source)
             key = ns + _NS_SEP + local

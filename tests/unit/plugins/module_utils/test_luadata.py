@@ -148,7 +148,7 @@ def test_dumps_rejects(value: object, message: str) -> None:
 
 def nested(depth: int) -> dict:
     value: dict = {}
-    for _ in range(depth - 1):
+    for _level in range(depth - 1):
         value = {1: value}
     return value
 
@@ -408,13 +408,13 @@ top_values = st.one_of(st.none(), values)
 
 def prosody_reads_back(value: object) -> object:
     """What Lua reads from Prosody's own text for value: its integral floats become integers."""
-    if type(value) is float and not math.isinf(value) and not math.isnan(value):
+    if isinstance(value, float) and not math.isinf(value) and not math.isnan(value):
         text = format(value, ".18g")
         if "." not in text and "e" not in text:
             return int(text)
-    if type(value) is int and value == INT_MIN:
+    if isinstance(value, int) and value == INT_MIN:  # never true for a bool
         return float(value)
-    if type(value) is dict:
+    if isinstance(value, dict):
         return {k: prosody_reads_back(v) for k, v in value.items()}
     return value
 
@@ -586,18 +586,18 @@ end
 
 def deviates(value: object) -> bool:
     """Values where we write other text than Prosody on purpose (integral floats, -2^63)."""
-    if type(value) is float:
+    if isinstance(value, float):
         return not math.isinf(value) and not math.isnan(value) and dumps(value).endswith(b".0")
-    if type(value) is int:
-        return value == INT_MIN
-    if type(value) is dict:
+    if isinstance(value, int):
+        return value == INT_MIN  # False for a bool too
+    if isinstance(value, dict):
         return any(deviates(k) or deviates(v) for k, v in value.items())
     return False
 
 
 def simple_tables(value: object) -> bool:
     """Every table a pure array or a single entry: then Lua's next() order is ours."""
-    if type(value) is not dict:
+    if not isinstance(value, dict):
         return True
     if len(value) > 1 and set(value) != set(range(1, len(value) + 1)):
         return False

@@ -39,7 +39,8 @@ def _lua_literal(text: str) -> str:
 
 
 def test_store_entries_parse_as_prosody_does():
-    assert [(parse_store(e).name, parse_store(e).type) for e, _, _ in ENTRIES] == [(n, t) for _, n, t in ENTRIES]
+    parsed = [(parse_store(e).name, parse_store(e).type) for e, _name, _type in ENTRIES]
+    assert parsed == [(n, t) for _entry, n, t in ENTRIES]
     # Prosody's migrator splits entries with this very code.
     script = "".join(
         f"""
@@ -48,9 +49,9 @@ def test_store_entries_parse_as_prosody_does():
         if typ then store = store:sub(1, p-1) else typ = "keyval" end
         io.write(store, "|", typ, "\\n") end
         """
-        for entry, _, _ in ENTRIES
+        for entry, _name, _type in ENTRIES
     )
-    assert run_lua(script).decode().splitlines() == [f"{n}|{t}" for _, n, t in ENTRIES]
+    assert run_lua(script).decode().splitlines() == [f"{n}|{t}" for _entry, n, t in ENTRIES]
 
 
 @pytest.mark.parametrize("entry", ["foo-bar", "x-pep", "-archive", "", 3, None])

@@ -303,7 +303,7 @@ def test_deep_nesting_is_bounded():
     with pytest.raises(JsonError, match="nested deeper"):
         decode('{"a":' * 100000, "row")
     deep: dict = {}
-    for _ in range(MAX_DEPTH):
+    for _level in range(MAX_DEPTH):
         deep = {"a": deep}
     with pytest.raises(EncodeError, match="nested deeper"):
         encode(deep)

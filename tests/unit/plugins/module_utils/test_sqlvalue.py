@@ -239,7 +239,7 @@ def test_stanzas_are_xml(lua):
     assert pairs == [("xml", stanza.to_xml()) for stanza in STANZAS]
     for stanza, (type_, text) in zip(STANZAS, pairs):
         assert from_sql(type_, text, "row") == stanza
-    assert lua.call("xml_in", [text for _, text in pairs]) == [canon(s.preserialize()) for s in STANZAS]
+    assert lua.call("xml_in", [text for _type, text in pairs]) == [canon(s.preserialize()) for s in STANZAS]
     result = lua.call("xml_out", [s.preserialize() for s in STANZAS])
     for stanza, type_, text in zip(STANZAS, result[::2], result[1::2]):
         assert from_sql(type_.decode(), text_of(text), "row") == stanza

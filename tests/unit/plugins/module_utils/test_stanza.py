@@ -105,7 +105,7 @@ class LuaServer:
             self.proc.stdin.flush()
         except BrokenPipeError:
             pass  # reported below
-        status, _, size = self.proc.stdout.readline().partition(b" ")
+        status, _sep, size = self.proc.stdout.readline().partition(b" ")
         if not size:
             raise AssertionError(f"the Lua oracle died (exit {self.proc.wait()})")
         out = self.proc.stdout.read(int(size))
@@ -486,11 +486,11 @@ REFUSED = [
 
 
 def test_accepted_and_refused_like_prosody_parser() -> None:
-    texts_ = ACCEPTED + [text for text, _ in REFUSED]
+    texts_ = ACCEPTED + [text for text, _reason in REFUSED]
     results = lua_each("parse", texts_)
     for text, (prosody,) in zip(ACCEPTED, results):
         assert prosody == canon(Element.from_xml(text, "test").preserialize()), text
-    for (text, _), (prosody,) in zip(REFUSED, results[len(ACCEPTED) :]):
+    for (text, _reason), (prosody,) in zip(REFUSED, results[len(ACCEPTED) :]):
         assert prosody.startswith((b"t1{s5:errors", b"t1{s6:raiseds")), (text, prosody)
 
 
@@ -541,7 +541,7 @@ def test_nesting_limit_when_parsing() -> None:
 
 def _nested_table(depth: int) -> dict:
     root = table = {"name": "a", "attr": {}}
-    for _ in range(depth - 1):
+    for _level in range(depth - 1):
         table[1] = table = {"name": "a", "attr": {}}
     return root
 
@@ -555,7 +555,7 @@ def test_nesting_limit_when_deserializing() -> None:
 
 def test_deep_trees_built_in_code_never_recurse() -> None:
     root = leaf = Element("a")
-    for _ in range(50_000):
+    for _level in range(50_000):
         leaf = leaf.tag("a")
     copy = root.to_xml()
     assert copy.count("<a>") == 50_000
@@ -633,7 +633,7 @@ def test_deserialize_refuses_with_a_message_naming_the_source(table: object, rea
 
 
 def test_prosody_refuses_the_same_tables() -> None:
-    tables = [table for table, _ in BAD_TABLES if isinstance(table, dict)]
+    tables = [table for table, _reason in BAD_TABLES if isinstance(table, dict)]
     for table, (prosody,) in zip(tables, lua_each("deserialize", tables)):
         assert prosody == canon(False), table
 

@@ -115,7 +115,7 @@ def lua(script: str, **inputs: Any) -> dict[str, bytes]:
     records, pos = {}, 0
     while pos < len(out):
         fields = []
-        for _ in range(2):
+        for _field in range(2):  # a key, then its value
             colon = out.index(b":", pos)
             end = colon + 1 + int(out[pos:colon])
             fields.append(out[colon + 1 : end])
