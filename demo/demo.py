@@ -68,7 +68,7 @@ def main() -> int:
         keyval = db.execute('SELECT count(*) FROM "prosody"').fetchone()[0]
         archive = db.execute('SELECT count(*) FROM "prosodyarchive"').fetchone()[0]
     print(f"{database.relative_to(ROOT)} now holds {keyval} keyval rows and {archive} archived items;")
-    print("point Prosody at it with storage = \"sql\" and sql = { driver = \"SQLite3\", database = ... }.")
+    print('point Prosody at it with storage = "sql" and sql = { driver = "SQLite3", database = ... }.')
     return 0
 
 
