@@ -108,6 +108,10 @@ class Dialect:
         """A context manager running one transaction and giving a cursor."""
         raise NotImplementedError
 
+    def broken(self, conn: Any) -> bool:
+        """Whether the driver knows the connection is lost (the server went away or killed it)."""
+        return False
+
     # query text ---------------------------------------------------------------------------
     def sql(self, text: str) -> str:
         return text.replace("{t}", self.text_marker).replace("{n}", self.number_marker)
@@ -213,6 +217,8 @@ class SQLite3(Dialect):
         return self.database == ":memory:" or os.path.exists(self.database)
 
     def connect(self, create: bool) -> Any:
+        if create and self.database != ":memory:":
+            self._create_file()
         try:
             if create or self.database == ":memory:":
                 conn = sqlite3.connect(self.database, isolation_level=None)
@@ -223,6 +229,17 @@ class SQLite3(Dialect):
         except sqlite3.Error as exc:
             raise self.connect_error(exc) from exc
         return conn
+
+    def _create_file(self) -> None:
+        """Create a new database file readable by its owner and group only (it holds password
+        hashes); SQLite would make it 0644 less the umask, and its journals copy the file's mode."""
+        try:
+            fd = os.open(self.database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o640)
+        except FileExistsError:
+            return
+        except OSError as exc:
+            raise SqlConnectError(f"cannot create {self.describe()}: {exc.strerror}") from None
+        os.close(fd)
 
     @contextmanager
     def transaction(self, conn: Any) -> Iterator[Any]:
@@ -296,6 +313,9 @@ class PostgreSQL(Dialect):
     def transaction(self, conn: Any) -> Iterator[Any]:
         with conn.transaction(), conn.cursor() as cur:
             yield cur
+
+    def broken(self, conn: Any) -> bool:
+        return bool(conn.closed)
 
     def text_problem(self, text: str) -> Optional[str]:
         if "\x00" in text:
@@ -386,6 +406,9 @@ class MySQL(Dialect):
         finally:
             cur.close()
         conn.commit()
+
+    def broken(self, conn: Any) -> bool:
+        return not conn.open
 
     def eq(self, column: str) -> tuple[str, int]:
         # utf8mb4_bin pads: 'a' = 'a ' is true. The BINARY test keeps the index use of the first.

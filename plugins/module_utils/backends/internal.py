@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Callable
@@ -315,7 +316,8 @@ class InternalBackend(Backend):
             sibling = self._dir_templates(parent)[1]
             if sibling is None:
                 st = os.stat(parent)
-                sibling = fsutil.Owner(fsutil.DEFAULT_DIR_MODE, st.st_uid, st.st_gid)
+                # A setgid parent passes its bit on, as mkdir(2) does for Prosody's own directories.
+                sibling = fsutil.Owner(fsutil.DEFAULT_DIR_MODE | (st.st_mode & stat.S_ISGID), st.st_uid, st.st_gid)
             fsutil.make_dir(directory, sibling)
         self._ready_dirs.add(directory)
 

@@ -106,6 +106,11 @@ class SqlBackend(Backend):
     @contextmanager
     def _tx(self) -> Iterator[Any]:
         """One transaction; the driver's own errors come out as SqlDatabaseError."""
+        if self._conn is not None and self.dialect.broken(self._conn):
+            # The server dropped the connection during an earlier query (that one failed): a new
+            # one lets the rest of a keep_going run through instead of failing every entry after.
+            self.close()
+            self._conn = self.dialect.connect(False)
         try:
             with self.dialect.transaction(self._conn) as cur:
                 yield cur

@@ -1,0 +1,310 @@
+# Copyright: (c) 2026, xmpp.prosody contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Faults during a run: the migrator killed, the database connection dropped, a destination that
+refuses writes, a source that changes under the run. After each, a re-run leaves the destination
+equal to the source, value by value through the backends."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from ansible_collections.xmpp.prosody.plugins.module_utils.backends import open_backend
+from ansible_collections.xmpp.prosody.plugins.module_utils.backends.base import ArchiveItem
+from ansible_collections.xmpp.prosody.plugins.module_utils.backends.sql import SqlBackend
+from ansible_collections.xmpp.prosody.plugins.module_utils.engine import Options, ProgressEvent, run_migration
+from ansible_collections.xmpp.prosody.plugins.module_utils.stanza import Element
+from ansible_collections.xmpp.prosody.tests.unit.plugins.module_utils.backends.dbfixtures import (
+    MY,
+    fresh_database,
+    my_admin,
+    pg_admin,
+)
+from ansible_collections.xmpp.prosody.tests.unit.plugins.module_utils.reliability import (
+    HOST,
+    ChildRun,
+    assert_clean_file_store,
+    assert_same_data,
+    make_corpus,
+    tree_hashes,
+)
+
+DESTINATIONS = ("files", "SQLite3", "PostgreSQL", "MySQL")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """40 users x 20 messages (about 270 entries, 900 archive items), never written to."""
+    return make_corpus(str(tmp_path_factory.mktemp("faults") / "data"), 40, 20)
+
+
+@pytest.fixture
+def source(corpus: str) -> dict[str, Any]:
+    return {"type": "internal", "path": corpus}
+
+
+@pytest.fixture
+def own_source(corpus: str, tmp_path: Any) -> dict[str, Any]:
+    """A copy of the corpus this test may change."""
+    path = str(tmp_path / "source")
+    shutil.copytree(corpus, path)
+    return {"type": "internal", "path": path}
+
+
+def destination(kind: str, tmp_path: Any) -> Iterator[dict[str, Any]]:
+    if kind == "files":
+        yield {"type": "internal", "path": str(tmp_path / "dest")}
+    else:
+        for params in fresh_database(kind, tmp_path):
+            yield {"type": "sql", **params}
+
+
+@pytest.fixture(params=DESTINATIONS)
+def dest(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[dict[str, Any]]:
+    yield from destination(request.param, tmp_path)
+
+
+def assert_complete(source: dict[str, Any], dest: dict[str, Any]) -> None:
+    """The destination holds the source exactly, no file half-written, and a new run writes nothing."""
+    assert assert_same_data(source, dest) > 250
+    if dest["type"] == "internal":
+        assert assert_clean_file_store(dest["path"]) > 250
+    again = run_migration(source, dest, Options())
+    assert (again.changed, again.failed) == (False, False)
+
+
+# killed ----------------------------------------------------------------------------------------
+def test_killed_runs_then_a_rerun_give_the_source_exactly(source: dict[str, Any], dest: dict[str, Any]):
+    # Killed three times: after a few entries, later on, and at a random moment (seeded), each kill
+    # landing wherever the child happens to be, mid-write included.
+    first = ChildRun(source, dest).run(kill_after=15)
+    second = ChildRun(source, dest).run(kill_after=120)
+    third = ChildRun(source, dest).run(kill_at=random.Random(20260).uniform(0.8, 2.0))
+    assert first.killed and second.killed and first.report is None and second.report is None
+    assert third.killed or third.report is not None
+    final = ChildRun(source, dest).run()
+    assert final.report is not None and (final.report["failed"], final.report["failures"]) == (False, [])
+    assert final.report["changed"] or not third.killed  # the killed runs had not finished the job
+    assert_complete(source, dest)
+
+
+def test_killed_at_random_moments_into_files(source: dict[str, Any], tmp_path: Any):
+    # Many short-lived runs into the file store, each killed at a seeded random moment, mostly
+    # mid-write; whatever they leave, the final run finishes the copy and cleans up after them.
+    dest = {"type": "internal", "path": str(tmp_path / "dest")}
+    started = time.monotonic()
+    ChildRun(source, {"type": "internal", "path": str(tmp_path / "scratch")}).run()
+    whole = time.monotonic() - started  # a complete run, interpreter start included
+    rng = random.Random(4242)
+    kills = sum(ChildRun(source, dest).run(kill_at=rng.uniform(0.15, 0.7) * whole).killed for _ in range(8))
+    assert kills >= 3  # later runs have less left to do and may finish first
+    final = ChildRun(source, dest).run()
+    assert final.report is not None and not final.report["failed"]
+    assert_complete(source, dest)
+
+
+# connection dropped ----------------------------------------------------------------------------
+def _drop_connection(params: dict[str, Any]) -> int:
+    """Kill the server side of every connection to the test's own database; how many were killed."""
+    if params["driver"] == "PostgreSQL":
+        with pg_admin() as admin:
+            rows = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (params["database"],),
+            ).fetchall()
+        return len(rows)
+    admin = my_admin()
+    try:
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()",
+                (params["database"],),
+            )
+            ids = [row[0] for row in cur.fetchall()]
+            for id_ in ids:
+                cur.execute(f"KILL {int(id_)}")
+    finally:
+        admin.close()
+    return len(ids)
+
+
+class Dropper:
+    """A progress callback that drops the destination's connection after the Nth roster entry."""
+
+    def __init__(self, params: dict[str, Any], after: int) -> None:
+        self.params, self.after = params, after
+        self.seen: list[str] = []
+        self.dropped = 0
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.kind == "user" and event.store == "roster" and event.phase == "copy":
+            self.seen.append(event.user)
+            if len(self.seen) == self.after:
+                self.dropped = _drop_connection(self.params)
+
+
+@pytest.mark.parametrize("driver", ["PostgreSQL", "MySQL"])
+@pytest.mark.parametrize("keep_going", [False, True])
+def test_connection_dropped_mid_run(source: dict[str, Any], tmp_path: Any, driver: str, keep_going: bool):
+    for params in fresh_database(driver, tmp_path):
+        dest = {"type": "sql", **params}
+        drop = Dropper(params, after=10)
+        report = run_migration(source, dest, Options(keep_going=keep_going, progress=drop))
+        assert drop.dropped == 1
+        with open_backend(source) as src:
+            users = sorted(src.keyval_users(HOST, "roster"))
+        stopped_at = users[users.index(drop.seen[9]) + 1]  # the entry after the 10th one
+        # Exactly one failure, naming where it happened and which database, with the server's reason.
+        assert [(f.host, f.store, f.user, f.scope) for f in report.failures] == [(HOST, "roster", stopped_at, "user")]
+        reason = report.failures[0].reason
+        assert f"database {params['database']!r}" in reason
+        assert ("terminat" in reason or "closed" in reason) if driver == "PostgreSQL" else "Lost connection" in reason
+        assert (report.failed, report.stopped) == (True, not keep_going)
+        roster = report.store_result(HOST, "roster", "keyval")
+        assert roster.users_failed == 1
+        if keep_going:
+            # The backend opened a new connection: everything else went through.
+            assert roster.users_created == len(users) - 1
+            assert report.store_result(HOST, "archive", "archive").users_created == 40
+        again = run_migration(source, dest, Options())
+        assert (again.failed, again.changed) == (False, True)
+        assert_same_data(source, dest)
+
+
+# the destination refuses writes -------------------------------------------------------------------
+@pytest.fixture
+def immutable(tmp_path: Any) -> Iterator[list[str]]:
+    """Directories made immutable (chattr +i: root ignores mode bits, not this), released afterwards."""
+    paths: list[str] = []
+    yield paths
+    for path in paths:
+        subprocess.run(["chattr", "-R", "-i", path], check=True)
+
+
+def test_read_only_file_destination(source: dict[str, Any], tmp_path: Any, immutable: list[str]):
+    dest = {"type": "internal", "path": str(tmp_path / "dest")}
+    assert not run_migration(source, dest, Options(stores=["roster"])).failed
+    subprocess.run(["chattr", "-R", "+i", dest["path"]], check=True)
+    immutable.append(dest["path"])
+    before_source, before_dest = tree_hashes(source["path"]), tree_hashes(dest["path"])
+    for keep_going in (False, True):
+        report = run_migration(source, dest, Options(keep_going=keep_going, hosts=[HOST]))
+        assert report.failed and report.failures
+        first = report.failures[0]
+        assert (first.host, first.store) == (HOST, "account_details")
+        assert first.reason.startswith(f"cannot write {dest['path']}/example%2eorg/account_details/")
+        assert "Operation not permitted" in first.reason
+        assert report.stopped is not keep_going
+        if keep_going:
+            # Every entry still to write failed on its own; the roster, already there, did not.
+            assert report.store_result(HOST, "roster", "keyval").users_failed == 0
+            assert report.store_result(HOST, "roster", "keyval").users_unchanged == 40
+    assert tree_hashes(source["path"]) == before_source
+    assert tree_hashes(dest["path"]) == before_dest
+
+
+@pytest.fixture
+def select_only(tmp_path: Any, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """A database holding the tables, and a login allowed to SELECT from them only."""
+    driver = request.param
+    role = "pm_ro_" + uuid.uuid4().hex[:10]
+    password = "ro-Secret-" + uuid.uuid4().hex[:8]
+    for params in fresh_database(driver, tmp_path):
+        with SqlBackend({"type": "sql", **params}) as backend:  # the tables, as a first run makes them
+            backend.keyval_set("other.example", "roster", "x", {"a": 1})
+            backend.archive_write("other.example", "archive", "x", [ArchiveItem("k", Element("m"), 1, None)])
+        if driver == "PostgreSQL":
+            with pg_admin() as admin:
+                admin.execute(f"CREATE ROLE {role} LOGIN")
+            with psycopg.connect(
+                host=params["host"], port=params["port"], user=params["username"], dbname=params["database"]
+            ) as conn:
+                conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+                conn.commit()
+            try:
+                yield {**params, "username": role, "password": password}
+            finally:
+                with pg_admin() as admin:
+                    admin.execute(f'DROP DATABASE IF EXISTS "{params["database"]}" WITH (FORCE)')
+                    admin.execute(f"DROP ROLE {role}")
+        else:
+            admin = my_admin()
+            accounts = [f"'{role}'@'%%'", f"'{role}'@'localhost'"]
+            try:
+                with admin.cursor() as cur:
+                    for account in accounts:
+                        cur.execute(f"CREATE USER {account} IDENTIFIED BY %s", (password,))
+                        cur.execute(f"GRANT SELECT ON `{params['database']}`.* TO {account}", ())
+                yield {**params, "username": role, "password": password, "host": MY["host"]}
+            finally:
+                with admin.cursor() as cur:
+                    for account in accounts:
+                        cur.execute(f"DROP USER IF EXISTS {account}", ())
+                admin.close()
+
+
+@pytest.mark.parametrize("select_only", ["PostgreSQL", "MySQL"], indirect=True)
+def test_database_login_without_insert_rights(source: dict[str, Any], select_only: dict[str, Any]):
+    dest = {"type": "sql", **select_only}
+    before = tree_hashes(source["path"])
+    report = run_migration(source, dest, Options(hosts=[HOST]))
+    assert (report.failed, report.stopped, len(report.failures)) == (True, True, 1)
+    failure = report.failures[0]
+    assert (failure.host, failure.store, failure.scope) == (HOST, "account_details", "user")
+    assert failure.user is not None
+    assert f"database {select_only['database']!r}" in failure.reason
+    assert "denied" in failure.reason
+    assert select_only["password"] not in repr(report.to_dict())
+    assert tree_hashes(source["path"]) == before
+    with open_backend(dest) as dst:
+        assert list(dst.hosts()) == ["other.example"]  # nothing of the run's went in
+
+
+# the source changes during the run ---------------------------------------------------------------
+def _extra(user: str) -> ArchiveItem:
+    return ArchiveItem("extra-" + user, Element("message", {"to": user}), 1800000000, None)
+
+
+def test_source_changing_during_the_run(own_source: dict[str, Any], tmp_path: Any):
+    dest = {"type": "sql", "driver": "SQLite3", "database": str(tmp_path / "dest.sqlite")}
+    with open_backend(own_source) as src:
+        users = sorted(src.archive_users(HOST, "archive"))
+    done, pending = users[0], users[-1]
+    stores_seen: list[str] = []
+
+    def change(event: ProgressEvent) -> None:
+        # While the archive store is being copied, after its 5th user: one more item for a user
+        # whose archive is done and for one not reached yet, a user new to this store, and a user
+        # new to the roster store, which comes later.
+        if event.kind == "store":
+            stores_seen.append(event.store)
+        if event.kind == "user" and event.store == "archive" and event.user == users[4]:
+            with open_backend(own_source) as src:
+                for user in (done, pending, "zz-newcomer"):
+                    src.archive_write(HOST, "archive", user, [_extra(user)])
+                src.keyval_set(HOST, "roster", "zz-newcomer", {"a@b": {"subscription": "both", "groups": {}}})
+
+    report = run_migration(own_source, dest, Options(progress=change))
+    assert not report.failed
+    assert stores_seen.index("archive") < stores_seen.index("roster")
+    with open_backend(dest) as dst:
+        # Seen: what changed in entries the run had not read yet, in this store or a later one.
+        assert [i.key for i in dst.archive_items(HOST, "archive", pending)][-1] == "extra-" + pending
+        assert dst.keyval_get(HOST, "roster", "zz-newcomer") is not None
+        # Not seen: an entry already copied, and a user added to the store being copied (its
+        # users were listed when it began).
+        assert "extra-" + done not in [i.key for i in dst.archive_items(HOST, "archive", done)]
+        assert "zz-newcomer" not in list(dst.archive_users(HOST, "archive"))
+    second = run_migration(own_source, dest, Options(verify=True))
+    assert (second.failed, second.verified, second.changed) == (False, True, True)
+    archive = second.store_result(HOST, "archive", "archive")
+    assert (archive.users_created, archive.users_updated, archive.items_created) == (1, 1, 2)
+    assert_same_data(own_source, dest)
