@@ -68,8 +68,12 @@ command: collection-install
 demo: command
 	$(BIN)/python demo/demo.py
 
+# Benchmarks (not part of make test): ratios against the real prosody-migrator, measured in one
+# run. Defaults to the small and medium sizes; e.g. make bench BENCH_ARGS="--sizes small --skip-real".
+BENCH_ARGS ?=
 bench: venv test-deps
 	$(BIN)/python bench/bench_luadata.py
+	$(BIN)/python bench/run_bench.py $(BENCH_ARGS)
 
 # Hypothesis with fresh random examples, many more than `make test` runs.
 explore: venv test-deps
