@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help=f"the migrator config file (default {DEFAULT_CONFIG})")
     parser.add_argument("--keep-going", action="store_true", help="go on after a failure, and report them all")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v: info, -vv: debug)")
+    # Prosody's own migrator needs --root to run as root; accepting it keeps scripts that pass it
+    # working. We never switch users, so it changes nothing here.
+    parser.add_argument("--root", action="store_true", help="accepted for compatibility with Prosody's; no effect")
     parser.add_argument("--check", action="store_true", help="compute what would change, write nothing")
     parser.add_argument("--diff", action="store_true", help="show what changes, per host, store and user")
     parser.add_argument("--verify", action="store_true", help="read the destination back and compare it")

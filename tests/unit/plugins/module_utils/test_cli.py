@@ -154,6 +154,12 @@ def test_migrates_then_nothing_changes(tmp_path: Path, data_dir: Path) -> None:
     assert "verified: the destination holds what the source holds" in out
 
 
+def test_prosody_root_flag_is_accepted(tmp_path: Path, data_dir: Path) -> None:
+    """Scripts written for Prosody's migrator pass --root; the same command line must work."""
+    code, out, _ = run("--config", write_config(tmp_path, data_dir), "--root", "--check", "input", "output")
+    assert code == 0 and "(check mode: nothing written)" in out.splitlines()[0]
+
+
 def test_check_writes_nothing(tmp_path: Path, data_dir: Path) -> None:
     config = write_config(tmp_path, data_dir)
     before = sorted(p.name for p in tmp_path.iterdir())
