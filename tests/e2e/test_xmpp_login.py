@@ -222,7 +222,7 @@ async def _check_archive(client: Client, items: list[ArchiveItem]) -> None:
     assert len(results) == 20
     # The archive's "with" column came along: the server filters on it.
     peer = next(item.with_ for item in items if "'" not in item.with_)
-    filtered, _ = await client.mam(None, peer)
+    filtered, _unused = await client.mam(None, peer)
     assert [r.attrib["id"] for r in filtered] == [item.key for item in items if item.with_ == peer]
 
 

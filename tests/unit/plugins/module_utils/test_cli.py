@@ -85,7 +85,7 @@ def test_usage_errors_exit_2(argv: list[str]) -> None:
 
 
 def test_wrong_number_of_stores_says_so() -> None:
-    code, _, err = run("only-one")
+    code, _unused, err = run("only-one")
     assert code == 2
     assert "incorrect number of parameters supplied: give FROM and TO, or neither" in err
 
@@ -113,9 +113,9 @@ def test_default_stores_are_input_and_output(tmp_path: Path) -> None:
     assert err == (
         f"prosody-migrator: error: {path}: store 'input' not defined in the config (it defines: alpha, output, zeta)\n"
     )
-    code, _, err = run("--config", str(path), "from", "to")
+    code, _unused, err = run("--config", str(path), "from", "to")
     assert code == 2 and "store 'from' and 'to' not defined" in err
-    code, _, err = run("--config", str(path), "alpha", "alpha")
+    code, _unused, err = run("--config", str(path), "alpha", "alpha")
     assert code == 2 and "FROM and TO are the same store 'alpha'" in err
 
 
@@ -124,7 +124,7 @@ def test_unknown_host_or_store_exit_2(tmp_path: Path, data_dir: Path) -> None:
     code, out, err = run("--config", config, "--hosts", "nosuch.example")
     assert (code, out) == (2, "")
     assert "unknown host(s) 'nosuch.example'" in err
-    code, _, err = run("--config", config, "--stores", "nosuch")
+    code, _unused, err = run("--config", config, "--stores", "nosuch")
     assert code == 2 and "unknown store(s) 'nosuch'" in err
 
 
@@ -146,24 +146,24 @@ def test_migrates_then_nothing_changes(tmp_path: Path, data_dir: Path) -> None:
     with sqlite3.connect(tmp_path / "out.sqlite") as db:
         assert db.execute("SELECT count(*) FROM prosodyarchive").fetchone() == (60,)
 
-    code, out, _ = run("--config", config)
+    code, out, _unused = run("--config", config)
     assert code == 0
     assert out.endswith("\nnothing changed\n")
-    code, out, _ = run("--config", config, "--verify")
+    code, out, _unused = run("--config", config, "--verify")
     assert code == 0
     assert "verified: the destination holds what the source holds" in out
 
 
 def test_prosody_root_flag_is_accepted(tmp_path: Path, data_dir: Path) -> None:
     """Scripts written for Prosody's migrator pass --root; the same command line must work."""
-    code, out, _ = run("--config", write_config(tmp_path, data_dir), "--root", "--check", "input", "output")
+    code, out, _err = run("--config", write_config(tmp_path, data_dir), "--root", "--check", "input", "output")
     assert code == 0 and "(check mode: nothing written)" in out.splitlines()[0]
 
 
 def test_check_writes_nothing(tmp_path: Path, data_dir: Path) -> None:
     config = write_config(tmp_path, data_dir)
     before = sorted(p.name for p in tmp_path.iterdir())
-    code, out, _ = run("--config", config, "--check")
+    code, out, _unused = run("--config", config, "--check")
     assert code == 0
     assert "(check mode: nothing written)" in out.splitlines()[0]
     assert out.endswith("\nwould change: 34 created entries in 10 stores; 60 archive items to write\n")
@@ -182,7 +182,7 @@ def test_json_report_alone_on_stdout(tmp_path: Path, data_dir: Path) -> None:
     ]
     assert report["totals"]["users_created"] == 10 and report["totals"]["items_created"] == 50
     assert "diff" not in report
-    code, out, _ = run("--config", config, "--json")
+    code, out, _unused = run("--config", config, "--json")
     assert code == 0 and json.loads(out)["totals"]["users_created"] == 24  # the rest, only
 
 
@@ -190,7 +190,7 @@ def test_failures_exit_1_and_are_named(tmp_path: Path, data_dir: Path) -> None:
     broken = data_dir / "example%2eorg" / "roster" / "broken.dat"
     broken.write_text("return {\n")
     config = write_config(tmp_path, data_dir)
-    code, out, _ = run("--config", config, "--keep-going")
+    code, out, _unused = run("--config", config, "--keep-going")
     assert code == 1
     lines = out.splitlines()
     failure = lines[lines.index("failures:") + 1]
@@ -199,7 +199,7 @@ def test_failures_exit_1_and_are_named(tmp_path: Path, data_dir: Path) -> None:
     assert out.endswith("\nchanged: 34 created entries in 10 stores; 60 archive items written\n")
 
     (tmp_path / "out.sqlite").unlink()
-    code, out, _ = run("--config", config)
+    code, out, _unused = run("--config", config)
     assert code == 1
     assert "(stopped at the first failure; --keep-going goes on)" in out
 
@@ -234,7 +234,7 @@ def test_verbose_logs_to_stderr_and_restores_logging(tmp_path: Path, data_dir: P
     config = write_config(tmp_path, data_dir)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    code, _, err = run("--config", config, "-vv")
+    code, _unused, err = run("--config", config, "-vv")
     assert code == 0
     assert "prosody-migrator: INFO: copying store 'input' (internal) to store 'output' (sql)" in err
     assert "prosody-migrator: DEBUG: copy: host example.org, store roster" in err
@@ -289,7 +289,7 @@ def test_no_account_secret_in_diff(tmp_path: Path, data_dir: Path) -> None:
     config = write_config(tmp_path, data_dir)
     code, text, err = run("--config", config, "--diff", "--check", "-vv")
     assert code == 0 and "create host example.org, store accounts, user plain" in text
-    code, as_json, _ = run("--config", config, "--diff", "--json")
+    code, as_json, _unused = run("--config", config, "--diff", "--json")
     assert code == 0 and any(d["user"] == "plain" for d in json.loads(as_json)["diff"])
     for secret in secrets:
         assert secret not in text + err + as_json

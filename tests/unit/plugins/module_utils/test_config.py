@@ -131,58 +131,58 @@ local data_path = "/var/lib/prosody";
 local db_password = [==[it's "quoted" \ and ]] not closed]==]  -- a long string keeps backslashes
 
 local vhost = {
-	"accounts",
-	"account_details",
-	"account_roles",
-	"roster",
-	"vcard",
-	"private",
-	"blocklist",
-	"privacy",
-	"archive-archive",
-	"offline-archive",
-	"pubsub_nodes-pubsub",
-	"pep-pubsub",
-	"cron",
-	"smacks_h",
+    "accounts",
+    "account_details",
+    "account_roles",
+    "roster",
+    "vcard",
+    "private",
+    "blocklist",
+    "privacy",
+    "archive-archive",
+    "offline-archive",
+    "pubsub_nodes-pubsub",
+    "pep-pubsub",
+    "cron",
+    "smacks_h",
 }
 local muc = {
-	"persistent",
-	"config",
-	"state",
-	"muc_log-archive",
-	"cron",
+    "persistent",
+    "config",
+    "state",
+    "muc_log-archive",
+    "cron",
 };
 
 input {
-	hosts = {
-		["example.com"] = vhost;
-		["conference.example.com"] = muc;
-		["upload.example.com"] = { "uploads-archive", "cron" };
-	};
-	type = "prosody_files";
-	path = data_path;
+    hosts = {
+        ["example.com"] = vhost;
+        ["conference.example.com"] = muc;
+        ["upload.example.com"] = { "uploads-archive", "cron" };
+    };
+    type = "prosody_files";
+    path = data_path;
 }
 
 output {
-	type = "prosody_sql";
-	driver = "PostgreSQL";
-	database = "prosody";
-	username = "prosody";
-	password = db_password;
-	host = "db" .. ".example.com";
-	port = 5432;
-	config = {
-		sql_manage_tables = false;
-		port = 6432; --[[ config's fields win over the store's own ]]
-	};
+    type = "prosody_sql";
+    driver = "PostgreSQL";
+    database = "prosody";
+    username = "prosody";
+    password = db_password;
+    host = "db" .. ".example.com";
+    port = 5432;
+    config = {
+        sql_manage_tables = false;
+        port = 6432; --[[ config's fields win over the store's own ]]
+    };
 }
 
 --[=[
 output {
-	type = "sql";
-	driver = "SQLite3";
-	database = data_path.."/prosody.sqlite";
+    type = "sql";
+    driver = "SQLite3";
+    database = data_path.."/prosody.sqlite";
 }
 ]=]
 """
@@ -260,7 +260,7 @@ def test_prosodys_global_semantics(oracle: LuaSession, tmp_path: Path) -> None:
         "scratch()\n"
         'output { type = "sql", database = type(1) }\n',
     )
-    [(raw, _)] = prosody_sees(oracle, [path])
+    [(raw, _unused)] = prosody_sees(oracle, [path])
     definitions = read_definitions(path)
     assert canon(definitions) == raw
     # `type(1)` defined a store called "type" (and gave nil): Lua's own `type` is not there.
@@ -292,7 +292,7 @@ def test_any_definitions_read_as_prosody_reads_them(
     path = write(
         tmp_path_factory.mktemp("cfg"), b"".join(n.encode() + b" " + dumps(t) + b"\n" for n, t in stores.items())
     )
-    [(raw, _)] = prosody_sees(oracle, [path])
+    [(raw, _unused)] = prosody_sees(oracle, [path])
     assert canon(read_definitions(path)) == raw == canon(stores)
 
 
@@ -310,7 +310,7 @@ def test_non_ascii_paths_and_passwords_survive_exactly(oracle: LuaSession, tmp_p
     assert config["output"]["password"] == PASSWORD
     assert config["output"]["username"] == "ü'\\\""
     assert config["output"]["extra"] == "\udcff\x00end"
-    [(raw, _)] = prosody_sees(oracle, [path])
+    [(raw, _unused)] = prosody_sees(oracle, [path])
     assert canon(read_definitions(path)) == raw
 
 

@@ -104,7 +104,7 @@ def test_killed_at_random_moments_into_files(source: dict[str, Any], tmp_path: A
     ChildRun(source, {"type": "internal", "path": str(tmp_path / "scratch")}).run()
     whole = time.monotonic() - started  # a complete run, interpreter start included
     rng = random.Random(4242)
-    kills = sum(ChildRun(source, dest).run(kill_at=rng.uniform(0.15, 0.7) * whole).killed for _ in range(8))
+    kills = sum(ChildRun(source, dest).run(kill_at=rng.uniform(0.15, 0.7) * whole).killed for _unused in range(8))
     assert kills >= 3  # later runs have less left to do and may finish first
     final = ChildRun(source, dest).run()
     assert final.report is not None and not final.report["failed"]

@@ -128,7 +128,7 @@ values = st.recursive(
 def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes]) -> bytes:
     """Valid text with a few bytes deleted, replaced, inserted or the tail cut off."""
     data = bytearray(draw(base))
-    for _ in range(draw(st.integers(1, 4))):
+    for _unused in range(draw(st.integers(1, 4))):
         at = draw(st.integers(0, len(data)))
         op = draw(st.sampled_from(["delete", "replace", "insert", "truncate"]))
         if op == "truncate":
