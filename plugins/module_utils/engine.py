@@ -16,6 +16,11 @@ these differences:
   held at host level, come along (Prosody's migrator looks for them under the wrong names);
 * an absent or empty source value is nothing to migrate: the destination's value is kept
   (Prosody's migrator would delete the destination's host-level value);
+* an archive item the destination cannot hold (``Backend.archive_unstorable``: a stanza with a
+  control character or bytes that are not UTF-8, which XML cannot carry) is not written: it is a
+  failure of its own naming the item, counted in ``items_failed``, and the user's other items
+  are written (a re-run writes nothing again and fails the same items, never calls them
+  unchanged). Prosody's migrator stops at such an item and loses the rest of the archive;
 * a failure stops the run (or, with ``keep_going``, is recorded and the run goes on); either way
   the report comes back with ``failed`` set, ``stopped`` telling which. Errors in the setup (a
   store definition that cannot be opened, an unknown host or store name) raise instead:
@@ -283,6 +288,10 @@ class _Run:
             self._verify_archive(host, store, user, wanted, current, added, replaced)
             return
         result = self._result(host, store, "archive")
+        unstorable = self._unstorable(host, store, user, wanted, added + replaced)
+        if unstorable:
+            added = [key for key in added if key not in unstorable]
+            replaced = [key for key in replaced if key not in unstorable]
         new = _tail(wanted, set(added) | set(replaced), current)
         self._quota_warning(host, store, user, len(current) + len(added))
         if new:
@@ -292,10 +301,6 @@ class _Run:
             except ProsodyMigrateError:
                 result.items_failed += len(added) + len(replaced)
                 raise
-            if current:
-                result.users_updated += 1
-            else:
-                result.users_created += 1
             self.report.changed = True
             if self.options.diff:
                 self.report.diff.append(
@@ -309,11 +314,36 @@ class _Run:
                         "items_replaced": len(replaced),
                     }
                 )
-        else:
-            result.users_unchanged += 1
         result.items_created += len(added)
         result.items_updated += len(replaced)
         result.items_unchanged += len(wanted) - len(added) - len(replaced)
+        if unstorable:
+            # The rest of the archive is written; the user still counts as failed, and the run
+            # stops here unless told to keep going, as for any other failure.
+            result.users_failed += 1
+            if not self.options.keep_going:
+                raise _Stop
+        elif not new:
+            result.users_unchanged += 1
+        elif current:
+            result.users_updated += 1
+        else:
+            result.users_created += 1
+
+    def _unstorable(
+        self, host: str, store: str, user: Optional[str], wanted: dict[str, ArchiveItem], keys: list[str]
+    ) -> dict[str, str]:
+        """Take out of ``wanted`` the items (among ``keys``, those to write) that the destination
+        cannot hold, each recorded as a failure and counted in ``items_failed``; returns them."""
+        if not keys:
+            return {}
+        found = self.dst.archive_unstorable(host, store, user, [wanted[key] for key in keys])
+        scope = "host" if user is None else "user"
+        for key, reason in found.items():
+            wanted.pop(key, None)
+            self.report.failures.append(Failure(host, store, user, self.scrub(reason), scope))
+        self._result(host, store, "archive").items_failed += len(found)
+        return found
 
     def _verify_archive(
         self,

@@ -4,7 +4,9 @@
 
 Each value is a (``type``, ``value``) pair of text columns: ``string`` (the text itself),
 ``number`` (Lua's ``tostring``, read with ``tonumber``), ``boolean`` (``true``/``false``),
-``json`` (tables, see prosody_json) and ``xml`` (stanzas, ``tostring`` and util.xml).
+``json`` (tables, see prosody_json) and ``xml`` (stanzas, ``tostring`` and util.xml). A stanza
+holding what XML cannot carry (a control character, bytes that are not UTF-8) raises EncodeError:
+Prosody's ``tostring`` would write it raw and its parser then refuse the row.
 
 Numbers are written so that Lua's ``tonumber`` gives back exactly the value held, where Prosody
 loses some: floats as Python's shortest round-trip text (Prosody's ``%.14g`` keeps 14 digits,
@@ -37,7 +39,7 @@ from typing import Any
 
 from . import prosody_json
 from .errors import DecodeError, EncodeError
-from .stanza import Element
+from .stanza import Element, xml_text_problem
 
 
 class SqlValueError(DecodeError):
@@ -61,7 +63,12 @@ def to_sql(value: Any) -> tuple[str, str]:
             raise EncodeError(f"string {_excerpt(value)} holds a character that is not a byte: {exc.reason}") from None
         return "string", value
     if isinstance(value, Element):
-        return "xml", value.to_xml()
+        text = value.to_xml()
+        problem = xml_text_problem(text)
+        if problem:
+            # Prosody's parser refuses such text, so the row would be unreadable: refuse it here.
+            raise EncodeError(f"the stanza {problem}, so it has no XML form Prosody can read back")
+        return "xml", text
     if isinstance(value, dict):
         return "json", prosody_json.encode(value)
     if value is None:

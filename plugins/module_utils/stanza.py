@@ -27,7 +27,9 @@ Deliberate differences from Prosody, all on the writing side and all invisible t
 
 Other characters XML cannot carry (control characters, bytes that are not UTF-8, which our
 strings hold as lone surrogates) are written raw, as Prosody writes them: such a stanza has no
-valid XML form, and ``from_xml`` (like Prosody's parser) rejects the result.
+valid XML form, and ``from_xml`` (like Prosody's parser) rejects the result. ``xml_text_problem``
+tells, before anything is stored, whether a text holds such a character: exactly XML 1.0's
+excluded characters, which are also exactly what Prosody's parser (LuaExpat) refuses.
 
 Nesting is limited to MAX_DEPTH elements when reading either form; every walk over a tree is
 iterative, so no input can raise RecursionError here.
@@ -176,8 +178,8 @@ class Element:
         skipped, attributes with non-string keys are dropped, and legacy ``ns|name`` keys become
         ``ns\\x01name``. With ``strict`` (Prosody's behaviour) names and text are checked as
         util/stanza.lua checks them, so control characters and invalid UTF-8 are refused and a
-        missing ``attr`` table is an error; without it only the shape is checked, so such text
-        is carried as is and a missing ``attr`` means none.
+        missing ``attr`` table is an error; without it only the shape and the names are checked,
+        so such text and attribute values are carried as is and a missing ``attr`` means none.
         """
         if not isinstance(table, dict):
             raise StanzaError(f"a stanza must be a table, not {_lua_type(table)}", source)
@@ -296,9 +298,11 @@ def _element_from_table(table: dict[Any, Any], where: str, source: str, strict: 
             _check_name(key, "attribute", where, source)
             _check_text(value, "attribute", where, source)
     else:
-        if not isinstance(name, str) or not name:
-            raise StanzaError(f"{where} has no name (got {_lua_type(name)})", source)
+        # Names are still checked: one Prosody refuses would make to_xml write text that is not
+        # XML at all, which a destination's check for characters (xml_text_problem) cannot see.
+        _check_name(name, "tag", where, source)
         for key, value in attr.items():
+            _check_name(key, "attribute", where, source)
             if not isinstance(value, str):
                 raise StanzaError(f"attribute {key!r} at {where} is a {_lua_type(value)}, not a string", source)
     return Element(name, attr)
@@ -393,15 +397,23 @@ class _XmlReader:
             self.chardata.append(data)
 
 
+def xml_text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be in an XML document, literally or escaped ("holds the byte 0xFF,
+    which is not valid UTF-8"), or None: its first character outside XML 1.0's Char production
+    (control characters but TAB, LF and CR; U+FFFE and U+FFFF; bytes that are not UTF-8)."""
+    bad = _NOT_XML_CHAR.search(text)
+    if bad is None:
+        return None
+    char = bad.group()
+    if "\udc80" <= char <= "\udcff":
+        return f"holds the byte 0x{ord(char) - 0xDC00:02X}, which is not valid UTF-8"
+    return f"holds the character U+{ord(char):04X}, which XML cannot carry"
+
+
 def _explain(error: expat.ExpatError, text: str) -> str:
     """Expat's message, plus the likely reason when the text holds what XML cannot carry."""
     message = f"{expat.ErrorString(error.code)} (line {error.lineno}, column {error.offset + 1})"
-    bad = _NOT_XML_CHAR.search(text)
-    if bad:
-        char = bad.group()
-        if "\udc80" <= char <= "\udcff":
-            what = f"the byte 0x{ord(char) - 0xDC00:02X}, which is not valid UTF-8"
-        else:
-            what = f"the character U+{ord(char):04X}, which XML cannot carry"
-        message += f"; the text holds {what}"
+    problem = xml_text_problem(text)
+    if problem:
+        message += f"; the text {problem}"
     return message

@@ -59,6 +59,14 @@ class Backend(abc.ABC):
         """The keys of one user's items, in order; backends override this with a cheaper query."""
         return [item.key for item in self.archive_items(host, store, user)]
 
+    def archive_unstorable(
+        self, host: str, store: str, user: str | None, items: Iterable[ArchiveItem]
+    ) -> dict[str, str]:
+        """The items (by key) this destination cannot hold, each with a message naming the host,
+        store, user, item and reason; the engine writes the others and fails these alone. The
+        default, for a backend that holds any item (the file store), is none."""
+        return {}
+
     @abc.abstractmethod
     def archive_write(self, host: str, store: str, user: str | None, items: Iterable[ArchiveItem]) -> None:
         """Append items in one transaction; an item whose key exists replaces the old one."""

@@ -12,6 +12,9 @@ An archive item is kept as mod_storage_internal writes it: the stanza's preseria
 ``key``, ``when`` and ``with`` added and ``attr.stamp`` set from ``when``; it is read back with the
 fallbacks of its ``archive:find`` (the stamp when ``when`` is missing, the item's position when
 ``key`` is), and ``stamp`` / ``stamp_legacy`` are removed from the stanza as ``find`` removes them.
+Unlike ``find``, an item whose text holds control characters or bytes that are not UTF-8 is read
+as it is (``Element.deserialize(strict=False)``) rather than failing the whole archive; the file
+store writes it back byte for byte.
 """
 
 from __future__ import annotations
@@ -282,7 +285,11 @@ class InternalBackend(Backend):
             raise DecodeError(f"archive peer ('with') {peer!r} is not a string", where)
         stanza = {k: v for k, v in table.items() if k not in ITEM_FIELDS}
         stanza["attr"] = {k: v for k, v in table["attr"].items() if k not in STAMP_ATTRS}
-        return ArchiveItem(key=key, value=Element.deserialize(stanza, where), when=when, with_=peer)
+        # Not strict: a control character or bytes that are not UTF-8 in a stanza's text, which
+        # Prosody's find refuses (failing the whole archive), are data to carry, not to lose; a
+        # destination that cannot hold them says so per item (Backend.archive_unstorable).
+        value = Element.deserialize(stanza, where, strict=False)
+        return ArchiveItem(key=key, value=value, when=when, with_=peer)
 
     # writing -------------------------------------------------------------------------------
     def _dir_templates(self, directory: bytes) -> tuple[fsutil.Owner | None, fsutil.Owner | None]:

@@ -10,7 +10,9 @@ Tables are created on the first write when missing (Prosody's layout, with ``whe
 integer everywhere) and left alone when present. A schema that Prosody would refuse until
 ``prosodyctl mod_storage_sql upgrade`` is run is refused for writing with the reasons listed.
 A value the destination (or Prosody reading it back) cannot hold raises SqlEncodeError naming
-the host, store and user; nothing is ever stored altered.
+the host, store and user; nothing is ever stored altered. ``archive_unstorable`` names such
+archive items beforehand (a stanza with a control character, a value too long for its column...)
+so that the engine fails them alone and writes the rest of the archive.
 
 SQLite3: a relative ``database`` resolves against the ``data_path`` parameter (default ``.``),
 as Prosody resolves it against its data directory; the default name is ``prosody.sqlite``.
@@ -233,6 +235,19 @@ class SqlBackend(Backend):
         rows = self._select(f'SELECT "key" FROM "prosodyarchive" WHERE {where} ORDER BY "sort_id"', params)
         return [row[0] for row in rows]
 
+    def archive_unstorable(
+        self, host: str, store: str, user: Optional[str], items: Iterable[ArchiveItem]
+    ) -> dict[str, str]:
+        # Host, user and store are in every row: when they cannot be stored, the whole archive fails.
+        self._check(host, store, user, "prosodyarchive", {"host": host, "user": user or "", "store": store})
+        problems = {}
+        for item in items:
+            try:
+                self._archive_row(host, store, user, item)
+            except SqlEncodeError as exc:
+                problems[item.key] = str(exc)
+        return problems
+
     def archive_write(self, host: str, store: str, user: Optional[str], items: Iterable[ArchiveItem]) -> None:
         self._writable()
         latest: dict[str, ArchiveItem] = {}
@@ -258,7 +273,8 @@ class SqlBackend(Backend):
             type_, text = to_sql(item.value)
         except ProsodyMigrateError as exc:
             raise SqlEncodeError(
-                f"cannot store host {host!r}, store {store!r}, user {user!r}, item {item.key!r}: {exc}"
+                f"cannot store host {host!r}, store {store!r}, user {user!r}, item {item.key!r} in "
+                f"{self.dialect.describe()}: {exc}"
             ) from exc
         row = {
             "host": host,

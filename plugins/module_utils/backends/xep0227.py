@@ -43,6 +43,9 @@ Deliberate differences from Prosody, each to keep data it would lose or misread:
   them refers to a form that does not exist and raises) and raise Xep0227Error.
 * Archive writes replace an item of the same key (Prosody appends a duplicate).
 * A malformed file raises DecodeError naming it (Prosody logs and treats it as absent).
+* An archive item whose key or stanza holds what XML cannot carry (a control character, bytes
+  that are not UTF-8) is named by ``archive_unstorable`` and not written (Prosody writes it raw
+  and the file is then unreadable); the engine writes the user's other items.
 * JIDs in rosters and PEP affiliations are written and read as given, without Prosody's
   stringprep (data from Prosody is normalized already).
 * Accounts read as ``{}`` for a file without account data (Prosody's answer) still count as no
@@ -67,7 +70,7 @@ from typing import Any, Callable
 from .. import fsutil
 from ..errors import DecodeError, EncodeError, ProsodyMigrateError
 from ..luadata import BoolKey
-from ..stanza import Element
+from ..stanza import Element, xml_text_problem
 from .base import ArchiveItem, Backend
 from .internal import format_stamp, parse_stamp
 
@@ -110,7 +113,7 @@ NODE_CONFIG_FORM: tuple[tuple[str | None, str, str, Any], ...] = (
     ("notify_delete", "pubsub#notify_delete", "boolean", True),
     ("notify_retract", "pubsub#notify_retract", "boolean", True),
 )
-FORM_NAMES = frozenset(name for name, *_ in NODE_CONFIG_FORM if name)
+FORM_NAMES = frozenset(name for name, *_rest in NODE_CONFIG_FORM if name)
 BOOLEANS = {"1": True, "true": True, "0": False, "false": False}
 
 _LUA_SPACE = " \f\n\r\t\v"
@@ -774,6 +777,26 @@ class Xep0227Backend(Backend):
         for index, el in enumerate(self._item_elements(user_el, store), 1):
             yield decode(el, user_jid, f"{where} item {index}")
 
+    def archive_unstorable(
+        self, host: str, store: str, user: str | None, items: Iterable[ArchiveItem]
+    ) -> dict[str, str]:
+        """Items whose key or stanza holds what XML cannot carry (a control character, bytes that
+        are not UTF-8): the file would be unreadable. Other problems still fail the whole write."""
+        self._check_store(host, store, user, "archive")
+        if user is None:
+            return {}  # archive_write refuses host-level archives as a whole
+        problems = {}
+        for item in items:
+            if isinstance(item.key, str) and isinstance(item.value, Element):
+                problem = xml_text_problem(item.key)
+                what = "key"
+                if problem is None:
+                    problem, what = xml_text_problem(item.value.to_xml()), "stanza"
+                if problem:
+                    where = self._where(self._file(host, user), host, store, user)
+                    problems[item.key] = f"{where}: cannot store item {item.key!r} in XML: its {what} {problem}"
+        return problems
+
     def archive_write(self, host: str, store: str, user: str | None, items: Iterable[ArchiveItem]) -> None:
         self._check_store(host, store, user, "archive")
         items = list(items)
@@ -813,7 +836,7 @@ class Xep0227Backend(Backend):
 
     # discovery ------------------------------------------------------------------------------
     def hosts(self) -> Iterator[str]:
-        return iter(sorted({host for _, host, _ in self._entries()}))
+        return iter(sorted({host for _user, host, _store in self._entries()}))
 
     def stores(self, host: str) -> Iterator[tuple[str, str]]:
         found: set[tuple[str, str]] = set()
@@ -876,7 +899,7 @@ def _attr_value(value: Any, what: str) -> str:
 def read_node_config(form: Element) -> dict[str, Any]:
     """mod_pubsub's node_config_form:data(form): typed values of the fields present."""
     data: dict[str, Any] = {}
-    for name, var, type_, _ in NODE_CONFIG_FORM:
+    for name, var, type_, _default in NODE_CONFIG_FORM:
         field = next((f for f in childtags(form, "field") if f.attr.get("var") == var), None)
         if field is None or name is None:
             continue
