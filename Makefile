@@ -39,9 +39,10 @@ units: venv test-deps ansible-test-cache
 sanity: venv test-deps ansible-test-cache
 	cd $(COLLECTION_COPY) && PATH=$(BIN):$$PATH $(BIN)/ansible-test sanity --venv --python $(ANSIBLE_TEST_PYTHON) --requirements
 
-# Integration targets (the module, its packaging) against the real databases; see the script.
+# Integration targets against the real databases (see the script): the module and its packaging,
+# and the role run on a three-host fleet (PostgreSQL, MariaDB, SQLite3) twice.
 integration: venv test-deps
-	scripts/run-integration.sh prosody_migrate
+	scripts/run-integration.sh prosody_migrate prosody_migrate_role
 
 # End to end: migrate into PostgreSQL, start Debian's Prosody on it, log in with slixmpp.
 $(VENV)/.installed-e2e: $(STAMP) requirements-e2e.txt
