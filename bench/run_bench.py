@@ -351,7 +351,7 @@ class Bench:
         res.ours_ok, got = check(dest, want) if res.ours.status == 0 else (f"exit {res.ours.status}", None)
         res.rows = got.rows if got and got.rows is not None else self.source_rows.get(src_kind)
         res.second = measure(cmd, base + ".ours2.log")
-        res.second_ok, _ = check(dest, want) if res.second.status == 0 else (f"exit {res.second.status}", None)
+        res.second_ok, _detail = check(dest, want) if res.second.status == 0 else (f"exit {res.second.status}", None)
 
         # the floor: raw read of the source, bulk load of what ours wrote
         rows_file = base + ".rows.pickle"
@@ -483,7 +483,7 @@ def render(results: list[Result], header: str) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--sizes", default="small,medium", help=f"comma-separated, of {', '.join(SIZES)}")
     parser.add_argument("--skip-real", action="store_true", help="do not run /usr/bin/prosody-migrator")
     parser.add_argument(

@@ -168,7 +168,10 @@ def sql_cursor(params: dict[str, Any]) -> Iterator[Any]:
 def sql_rows(params: dict[str, Any]) -> tuple[dict[tuple, tuple[str, str]], dict[tuple, list[tuple]]]:
     """The raw rows: keyval (host, user, store, key) -> (type, text); archive (host, user, store) ->
     [(key, when, with, type, text)] in sort_id order."""
-    q = lambda c: quote(params["driver"], c)  # noqa: E731
+
+    def q(column: str) -> str:
+        return quote(params["driver"], column)
+
     keyval: dict[tuple, tuple[str, str]] = {}
     archive: dict[tuple, list[tuple]] = {}
     with sql_cursor(params) as cur:
@@ -337,7 +340,10 @@ def to_sql_deliberate(driver: str, corpus: Path) -> dict[str, tuple[list[Differe
     ]
     ws_view = [Difference(("archive", HOST, "archive", "ws"), ws_real, keys_when_with(items_of(ws)))]
     ctrl = ("archive", HOST, "ctrl", "archive")
-    ctrl_keys = lambda *keys: lambda v: v is not None and [i[0] for i in v] == list(keys)  # noqa: E731
+
+    def ctrl_keys(*keys: str) -> Callable[[Any], bool]:
+        return lambda v: v is not None and [i[0] for i in v] == list(keys)
+
     ctrl_rows = [Difference(ctrl, ctrl_keys("ctrl-1"), ctrl_keys("ctrl-1", "ctrl-3"))]
     ctrl_view = [Difference(("archive", HOST, "archive", "ctrl"), ctrl_keys("ctrl-1"), ctrl_keys("ctrl-1", "ctrl-3"))]
     deliberate = {
@@ -444,11 +450,21 @@ def test_sqlite_to_internal_matches_real_migrator(corpus: Path, tmp_path: Path) 
     numbers = "example%2eorg/account_details/numbers.dat"
     future = "example%2eorg/archive/future.list"
     wrapped = 4102444800 - 2**32  # the time read through 32 bits
-    when_of = lambda *whens: lambda items: items is not None and [i["when"] for i in items] == list(whens)  # noqa: E731
-    item_when = lambda *whens: lambda items: items is not None and [i[1] for i in items] == list(whens)  # noqa: E731
+
+    def when_of(*whens: int) -> Callable[[Any], bool]:
+        return lambda items: items is not None and [i["when"] for i in items] == list(whens)
+
+    def item_when(*whens: int) -> Callable[[Any], bool]:
+        return lambda items: items is not None and [i[1] for i in items] == list(whens)
+
     news = [("news-1", 1700100001, f"admin@{HOST}"), ("news-2", 1700100002, f"admin@{HOST}")]
-    has = lambda key, value: lambda v: v is not None and key in v and same_value(v[key], value)  # noqa: E731
-    lacks = lambda key: lambda v: v is not None and key not in v  # noqa: E731
+
+    def has(key: str, value: Any) -> Callable[[Any], bool]:
+        return lambda v: v is not None and key in v and same_value(v[key], value)
+
+    def lacks(key: str) -> Callable[[Any], bool]:
+        return lambda v: v is not None and key not in v
+
     persistent = {f"room1@{MUC}": True}
     numbers_entry = ("keyval", HOST, "account_details", "numbers")
     deliberate = {

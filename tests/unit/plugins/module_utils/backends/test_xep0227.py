@@ -284,7 +284,7 @@ def test_reads_what_prosody_writes(tmp_path):
     assert results[-2] == canon(dict.fromkeys(USERS, True))
     assert sorted(backend.keyval_users(HOST, "roster")) == sorted(USERS)
     assert sorted(backend.archive_users(HOST2, "pep_urn:xmpp:avatar:data")) == sorted(USERS)
-    assert results[-1] == canon(dict.fromkeys({s for s, _ in backend.stores(HOST)}, True))
+    assert results[-1] == canon(dict.fromkeys({s for s, _kind in backend.stores(HOST)}, True))
     assert sorted(backend.hosts()) == sorted([HOST, HOST2])
     assert dict(backend.stores(HOST))["pep_urn:xmpp:avatar:data"] == "archive"
     assert backend.warnings == []
@@ -748,7 +748,7 @@ def test_property_prosody_reads_what_we_write(tmp_path):
         cases.append((user, {"accounts": account, "roster": roster}))
 
     write()
-    ops = [get(HOST, store, user) for user, _ in cases for store in ("accounts", "roster", "private")]
+    ops = [get(HOST, store, user) for user, _value in cases for store in ("accounts", "roster", "private")]
     results = prosody(tmp_path, ops)
     ours = [value_canon(backend.keyval_get(HOST, op["store"], op["user"])) for op in ops]
     assert ours == results
