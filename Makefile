@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 COLLECTION_COPY = $(shell scripts/sync-collection.sh)
 ANSIBLE_TEST_PYTHON := 3.11
 
-.PHONY: all command demo test test-deps venv lint units sanity integration e2e collection-install bench explore clean
+.PHONY: all command demo test test-deps venv lint units sanity integration e2e distro collection-install bench explore clean
 
 all: test
 
@@ -52,7 +52,12 @@ $(VENV)/.installed-e2e: $(STAMP) requirements-e2e.txt
 e2e: $(VENV)/.installed-e2e test-deps
 	$(BIN)/pytest -p no:cacheprovider tests/e2e
 
-test: lint units sanity integration e2e
+# The command and engine under /usr/bin/python3 with Debian 12's python3-lupa (1.14, on LuaJIT),
+# python3-psycopg and python3-pymysql, as the role installs them on Debian (not the venv).
+distro: test-deps
+	scripts/test-distro-python.sh
+
+test: lint units sanity integration e2e distro
 
 # The collection as users get it: built into a tarball and installed beside the venv.
 collection-install: venv

@@ -29,12 +29,12 @@ string constants.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from .backends import ALIASES, BACKENDS, backend_params
 from .luadata import LuaDataError
+from .luaerrors import LUA_NAME
 from .luasandbox import sandbox_load
 from .plan import ConfigError
 
@@ -45,33 +45,6 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024  # a migrator config is a few lines; refuse t
 KNOWN_TYPES = tuple(sorted(BACKENDS))
 _CHUNK = "config"  # the chunk's name in Lua's messages: "config:LINE: ..."
 
-_POSITIONED = re.compile(r"\A" + _CHUNK + r":(\d+): (.*)\Z", re.DOTALL)
-_COMPILE, _RUN = "\x01C", "\x01R"  # the sandbox's marks: Lua could not compile / run the file
-# What a syntax error may say after "near": Lua's own tokens, never a string, number or name.
-_SAFE_NEAR = re.compile(
-    r"\A(?:<eof>|'(?:and|break|do|else|elseif|end|false|for|function|goto|if|in|local|nil|not|or|repeat"
-    r"|return|then|true|until|while|[-+*/%^#&~|<>=(){}\[\];:,.]{1,3})')\Z"
-)
-_NEAR = re.compile(r" near (.*)\Z", re.DOTALL)
-# Runtime errors worth showing: Lua's own descriptions, which quote names, never values (but
-# "(constant '...')", which is cut off below). Anything else (error("..."), a table) is hidden:
-# the file's own code can make any text.
-_RUNTIME = re.compile(
-    r"\A(?:attempt to |bad argument #|stack overflow|'for' |number has no integer representation"
-    r"|string length overflow|resulting string too large|table index is |wrong number of arguments)"
-)
-_QUOTED = re.compile(r"'([^']*)'")
-_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
-_SYMBOL = re.compile(r"\A(?:<\w+>|[-+*/%^#&~|<>=(){}\[\];:,.]{1,3})\Z")  # a token Lua names: '=', '<eof>'
-# Messages of the sandbox's own code, raised in the file's run without a position: exact texts,
-# since the file could raise a message starting like one of them.
-_TRUSTED_RUN = re.compile(
-    r"\A(?:instruction limit exceeded \(endless loop\?\)|not enough memory|a table contains itself \(cycle\)"
-    r"|tables nested deeper than \d+ levels|a (?:function|userdata|thread) cannot be stored as data"
-    r"|a (?:function|userdata|thread|nil) used as a table key is not supported)\Z"
-)
-_HIDDEN = "the file raised an error (its message is not shown, as it may hold a secret)"
-
 
 def read_definitions(path: str) -> dict[Any, Any]:
     """The raw ``{name: value}`` the file defines, as Lua values of our model (no checks)."""
@@ -79,7 +52,7 @@ def read_definitions(path: str) -> dict[Any, Any]:
     try:
         value = sandbox_load(src, _CHUNK, "config")
     except LuaDataError as exc:
-        raise ConfigError(f"{path}: {_describe(exc.reason)}") from None
+        raise ConfigError(f"{path}: {exc.reason}") from None
     return value if isinstance(value, dict) else {}
 
 
@@ -117,45 +90,6 @@ def _read(path: str) -> bytes:
     return src
 
 
-def _describe(reason: str) -> str:
-    """Lua's message with its line number, stripped of anything that could quote the file's strings."""
-    if reason.startswith(_COMPILE):
-        return _describe_syntax(reason[len(_COMPILE) :])
-    if reason.startswith(_RUN):
-        return _describe_runtime(reason[len(_RUN) :])
-    return f"the file cannot be run: {reason}"  # the sandbox's own trouble (no lupa, a limit)
-
-
-def _describe_syntax(reason: str) -> str:
-    """A compile error: the parser's text (names, tokens) and its line; the token only when it is no value."""
-    match = _POSITIONED.match(reason)
-    if not match:
-        return f"the file cannot be compiled: {reason}"  # "not enough memory": no text of the file
-    line, message = match[1], match[2]
-    near = _NEAR.search(message)
-    text = message[: near.start()] if near else message
-    token = f" near {near[1]}" if near and _SAFE_NEAR.match(near[1]) else ""
-    return f"line {line}: syntax error: {_mask_quotes(text)}{token}"
-
-
-def _describe_runtime(reason: str) -> str:
-    match = _POSITIONED.match(reason)
-    if not match:
-        return f"the file cannot be run: {reason}" if _TRUSTED_RUN.match(reason) else _HIDDEN
-    line, message = match[1], match[2]
-    if not _RUNTIME.match(message):
-        return f"line {line}: {_HIDDEN}"
-    constant = message.find("(constant '")
-    if constant >= 0:  # Lua quotes the string itself: drop it and whatever follows
-        message = message[:constant] + "(a string constant)"
-    return f"line {line}: error while running the file: {_mask_quotes(message)}"
-
-
-def _mask_quotes(message: str) -> str:
-    """Keep quoted names and tokens (``global 'os'``, ``'='``); mask any other quoted text."""
-    return _QUOTED.sub(lambda m: m[0] if _NAME.match(m[1]) or _SYMBOL.match(m[1]) else "'...'", message)
-
-
 def _store(path: str, name: str, definition: Any) -> dict[str, Any]:
     """One store's definition, checked and normalized (see the module notes)."""
     where = f"{path}: store {name!r}"
@@ -180,7 +114,7 @@ def _store(path: str, name: str, definition: Any) -> dict[str, Any]:
 
 def _show_type(value: Any) -> str:
     """A type name as the user wrote it (types are short words, not secrets), or just its kind."""
-    if isinstance(value, str) and _NAME.match(value):
+    if isinstance(value, str) and LUA_NAME.match(value):
         return repr(value)
     return f"(a {_lua_type(value)})"
 

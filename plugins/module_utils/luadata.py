@@ -430,7 +430,8 @@ def _parse(data: bytes, start_state: int) -> Any:
             start = m.start(kind)
             if data[start : start + 2] in (b"--", b"[[", b"[="):
                 raise _Syntax("unfinished long comment or string", start)
-            raise _Syntax("unexpected " + repr(data[start : start + 20]), start)
+            # Never quote the text: it may be part of a password hash or a message.
+            raise _Syntax("unexpected text", start)
         # A value is complete: store it where the state says.
         if state == _AFTERKEY:
             kd[key] = v

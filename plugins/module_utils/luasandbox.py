@@ -34,6 +34,7 @@ import sys
 from typing import Any
 
 from .luadata import MAX_DEPTH, BoolKey, LuaDataError
+from .luaerrors import describe
 
 ISOLATION_ENV = "XMPP_PROSODY_LUA_SANDBOX"  # "inprocess" or "subprocess": force a mode (tests)
 BASE_MEMORY = 64 * 1024 * 1024
@@ -47,7 +48,12 @@ local load, pcall, error, type, next, tostring, setmetatable = load, pcall, erro
 local sethook, fmt, concat, tinsert = debug.sethook, string.format, table.concat, table.insert
 local MAXDEPTH = %d
 local mtype = math.type or function(n)
-    return (n %% 1 == 0 and n >= -2^53 and n <= 2^53) and "integer" or "float"
+    -- Lua 5.1/LuaJIT (older lupa) has only doubles: past 2^53 an integer literal was already
+    -- rounded by the parser, so refuse it rather than hand back a different number.
+    if n %% 1 == 0 and (n > 2^53 or n < -2^53) then
+        error("a whole number beyond 2^53 cannot be read exactly by this Lua (LuaJIT)", 0)
+    end
+    return (n %% 1 == 0) and "integer" or "float"
 end
 local safe = {}
 for _, name in ipairs({"byte", "char", "len", "lower", "upper", "rep", "reverse", "sub"}) do
@@ -55,6 +61,8 @@ for _, name in ipairs({"byte", "char", "len", "lower", "upper", "rep", "reverse"
 end
 getmetatable("").__index = safe
 python = nil
+-- LuaJIT (Debian's lupa 1.x) skips count hooks inside compiled loops; the interpreter runs them.
+if jit then jit.off() end
 
 local out, n, onpath
 local function put(s) n = n + 1; out[n] = s end
@@ -108,9 +116,8 @@ return function(src, name, kind, budget)
         items = {}
         setmetatable(env, { __index = function(_, name) return function(def) items[name] = def end end })
     end
-    -- A config's messages say where they come from (user code can forge any text, not this).
-    local cmark, rmark = "", ""
-    if kind == "config" then cmark, rmark = "\1C", "\1R" end
+    -- Messages say where they come from (user code can forge any text, not this mark).
+    local cmark, rmark = "\1C", "\1R"
     local f, err = load(src, name, "t", env)
     if not f then return false, cmark .. tostring(err) end
     sethook(stop, "", budget)
@@ -199,13 +206,15 @@ def sandbox_load(src: bytes, source: str, kind: str = "dat", isolation: str | No
     ``kind``: "dat" (the chunk's return value), "list" (what it passes to ``item``), "value" (a
     Lua expression) or "config" (a migrator.cfg.lua: ``{name: value}`` for each ``name(value)``
     call of a global name, as prosody-migrator's environment collects them). A config's error
-    reason starts with "\x01C" when Lua could not compile it and "\x01R" when it failed running.
+    reason is Lua's message told by luaerrors.describe, which never quotes the file's text.
     """
     if kind not in ("dat", "list", "value", "config"):
         raise ValueError(f"unknown kind {kind!r}")
     mode = isolation or isolation_mode()
     memory, budget = limits_for(src)
-    chunkname = "=" + source
+    # A fixed chunk name: the error names the file (source) itself, and Lua cuts long names.
+    chunk = "config" if kind == "config" else "data"
+    chunkname = "=" + chunk
     if mode == "inprocess":
         ok, res = _run_inprocess(src, chunkname, kind, memory, budget, source)
     elif mode == "subprocess":
@@ -213,7 +222,8 @@ def sandbox_load(src: bytes, source: str, kind: str = "dat", isolation: str | No
     else:
         raise LuaDataError("needs the Lua sandbox, but the lupa package is not installed", source)
     if not ok:
-        raise LuaDataError(res.decode("utf-8", "replace") if isinstance(res, bytes) else str(res), source)
+        reason = res.decode("utf-8", "replace") if isinstance(res, bytes) else str(res)
+        raise LuaDataError(describe(reason, chunk, keep_names=kind == "config"), source)
     try:
         value = decode_tagged(res)
         if kind == "list":  # the items table is a sequence (filled by table.insert)

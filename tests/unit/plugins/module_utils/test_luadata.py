@@ -647,3 +647,21 @@ def test_byte_identity_covers_arrays_and_single_keys() -> None:
     assert out[0] == dumps(batch[0])
     assert out[2] == dumps(batch[1])
     assert out[5] == dumps(item)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'return { ["password"] = "s3cr3t-Pa55" .. };',  # Lua: syntax error near the string
+        b'return { ["salt"] = s3cr3t-Pa55 };',  # Lua: a name, then nothing it can read
+        b'return { ["stored_key"] = "x" @ "s3cr3t-Pa55" };',  # strict reader: unexpected text
+        b'return { ["password"] = ("s3cr3t-Pa55"):nope() };',  # Lua runtime error naming a value
+        b'error("s3cr3t-Pa55")',  # the file's own message
+    ],
+)
+def test_errors_never_quote_the_file(text: bytes) -> None:
+    """A broken account file's error names the file and line, never the secret in it."""
+    with pytest.raises(LuaDataError) as info:
+        loads_dat(text, "accounts/alice.dat")
+    assert "s3cr3t" not in str(info.value) and "Pa55" not in str(info.value)
+    assert "accounts/alice.dat" in str(info.value)
