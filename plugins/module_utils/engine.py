@@ -31,6 +31,12 @@ these differences:
 run comparing the destination as it is. Warnings come from the backends' ``warnings`` lists and
 from the file store's archive quota.
 
+Writes are batched (``Backend.start_batch``): a SQL destination commits once per BATCH_ROWS rows
+or BATCH_SECONDS seconds, at the end of each store and of the run, each user's write under a
+savepoint of its own; a file destination fsyncs what it wrote at those same points. When a
+batch is lost (``WritesLost``, or a failing flush), every user written in it is a failure of its
+own, taken back out of the created/updated counts; a re-run writes them again.
+
 Memory is bounded by one user's store: users are enumerated lazily and nothing is kept per host.
 """
 
@@ -38,12 +44,13 @@ from __future__ import annotations
 
 import operator
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from .backends import backend_params, open_backend
-from .backends.base import ArchiveItem, Backend
+from .backends.base import ArchiveItem, Backend, WritesLost
 from .compare import same_item, same_value
 from .errors import ProsodyMigrateError
 from .plan import ConfigError, Plan, StoreSpec, build_plan
@@ -54,6 +61,11 @@ __all__ = ["ConfigError", "Options", "ProgressEvent", "Report", "run_migration"]
 # mod_storage_internal's storage_archive_item_limit default: past it Prosody stores no new items.
 FILE_ARCHIVE_LIMIT = 10000
 PUBSUB_SERVICE_STORE = "pubsub_nodes"  # mod_pubsub's node list; its "users" are node names
+# A batch is flushed (committed, fsynced) at this many rows (keyval entries plus archive items
+# written) or this many seconds, whichever comes first: a commit costs milliseconds, so these
+# make it a small part of the run, while a crash loses at most this much work, which a re-run redoes.
+BATCH_ROWS = 2000
+BATCH_SECONDS = 2.0
 
 
 @dataclass
@@ -98,6 +110,10 @@ class _Run:
         self._results: dict[tuple[str, str, str], StoreResult] = {}
         self._dst_is_files = dst.params.get("type") == "internal"
         self._dst_root = getattr(dst, "root", None) if self._dst_is_files else None
+        # The users written since the last flush: (host, store, type, user, count it went into).
+        self._pending: list[tuple[str, str, str, Optional[str], str]] = []
+        self._pending_rows = 0
+        self._batch_start = time.monotonic()
 
     # running ----------------------------------------------------------------------------------
     def run(self, phase: str) -> None:
@@ -112,14 +128,64 @@ class _Run:
             "items_done": 0,
         }
         self._emit("start")
+        if self._writing():
+            self.dst.start_batch()
         try:
             for host_plan in self.plan.hosts:
                 self._emit("host", host_plan.host)
                 for spec in host_plan.stores:
                     self._store(host_plan.host, spec)
                 self.counts["hosts_done"] += 1
+            self._flush()
+        except _Stop:
+            self._flush(stopping=True)  # what was written before the failure is kept
+            raise
         finally:
             self._emit("done")
+
+    # batches ----------------------------------------------------------------------------------
+    def _writing(self) -> bool:
+        return self.phase == "copy" and not self.options.check
+
+    def _wrote(self, host: str, store: str, type_: str, user: Optional[str], counted: str, rows: int) -> None:
+        """Note one user's write, counted in ``counted``; flush when the batch is full."""
+        self._pending.append((host, store, type_, user, counted))
+        self._pending_rows += rows
+        if self._pending_rows >= BATCH_ROWS or time.monotonic() - self._batch_start >= BATCH_SECONDS:
+            self._flush()
+
+    def _flush(self, stopping: bool = False) -> None:
+        """Commit (or fsync) the batch; when that fails, every user in it fails."""
+        if not self._writing():
+            return
+        try:
+            self.dst.flush()
+        except ProsodyMigrateError as exc:
+            self._lose(self.scrub(str(exc)))
+            if not self.options.keep_going and not stopping:
+                raise _Stop from None
+        finally:
+            self._pending.clear()
+            self._pending_rows = 0
+            self._batch_start = time.monotonic()
+
+    def _lose(self, reason: str) -> None:
+        """The batch's writes are gone: each user in it becomes a failure, no longer created/updated."""
+        for host, store, type_, user, counted in self._pending:
+            self.report.failures.append(
+                Failure(
+                    host,
+                    store,
+                    user,
+                    f"written, but the batch holding the write was lost: {reason}",
+                    "host" if user is None else "user",
+                )
+            )
+            result = self._result(host, store, type_)
+            if counted != "users_failed":
+                setattr(result, counted, getattr(result, counted) - 1)
+                result.users_failed += 1
+        self._pending.clear()
 
     def _emit(self, kind: str, host: Optional[str] = None, store: Optional[str] = None, user: Any = None) -> None:
         if self.options.progress is not None:
@@ -139,6 +205,8 @@ class _Run:
             return action()
         except ProsodyMigrateError as exc:
             reason = self.scrub(str(exc))
+            if isinstance(exc, WritesLost):
+                self._lose(reason)  # the users written before this one in the batch failed too
             if self.phase == "verify":
                 self.report.mismatches.append(Failure(host, store, user, f"cannot verify: {reason}", scope))
                 return None
@@ -159,6 +227,7 @@ class _Run:
             self._archive_store(host, spec.name)
         else:
             self._keyval_store(host, spec.name, spec.type == "pubsub")
+        self._flush()
         self.counts["stores_done"] += 1
         self._emit("store_done", host, spec.name)
 
@@ -260,6 +329,8 @@ class _Run:
                     "after": jsonable(mask_secrets(value)),
                 }
             )
+        if not self.options.check:
+            self._wrote(host, store, "keyval", user, "users_created" if created else "users_updated", 1)
         return value
 
     def _mismatch(self, host: str, store: str, user: Optional[str], reason: str) -> None:
@@ -318,17 +389,18 @@ class _Run:
         result.items_updated += len(replaced)
         result.items_unchanged += len(wanted) - len(added) - len(replaced)
         if unstorable:
+            counted = "users_failed"
+        elif not new:
+            counted = "users_unchanged"
+        else:
+            counted = "users_updated" if current else "users_created"
+        setattr(result, counted, getattr(result, counted) + 1)
+        if new and not self.options.check:
+            self._wrote(host, store, "archive", user, counted, len(new))
+        if unstorable and not self.options.keep_going:
             # The rest of the archive is written; the user still counts as failed, and the run
             # stops here unless told to keep going, as for any other failure.
-            result.users_failed += 1
-            if not self.options.keep_going:
-                raise _Stop
-        elif not new:
-            result.users_unchanged += 1
-        elif current:
-            result.users_updated += 1
-        else:
-            result.users_created += 1
+            raise _Stop
 
     def _unstorable(
         self, host: str, store: str, user: Optional[str], wanted: dict[str, ArchiveItem], keys: list[str]
@@ -425,6 +497,9 @@ def run_migration(
         _collect_warnings(report, scrub, src, dst)
         for backend in (dst, src):
             if backend is not None:
-                backend.close()
+                try:
+                    backend.close()
+                except ProsodyMigrateError as exc:  # the run's own flush reported it already
+                    report.warn(scrub(str(exc)))
     report.failed = bool(report.failures) or report.verified is False
     return report

@@ -5,7 +5,10 @@
 Writes go to a temporary file in the destination directory (a dot-name ending in TEMP_SUFFIX,
 so nothing that looks for ``*.dat`` / ``*.list`` can take it for data), which is flushed,
 fsynced, given its final mode and owner, renamed over the destination, and followed by an
-fsync of the directory. Modes never keep a bit for "others": these files hold secrets.
+fsync of the directory. With a ``Deferred`` the two fsyncs are put off: the rename still makes
+each file appear whole or not at all to any reader, and ``Deferred.flush`` later fsyncs every
+file written and directory changed, once each, so that they survive a power loss from then on.
+Modes never keep a bit for "others": these files hold secrets.
 Paths are bytes or str, as the caller holds them; OSError is left to the caller to name.
 """
 
@@ -15,7 +18,7 @@ import contextlib
 import os
 import secrets
 import stat
-from typing import NamedTuple, Union
+from typing import NamedTuple, Optional, Union
 
 Path = Union[str, bytes]
 
@@ -61,6 +64,40 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class Deferred:
+    """The files written and directories changed whose fsync waits for ``flush``."""
+
+    def __init__(self) -> None:
+        self.files: set[Path] = set()
+        self.dirs: set[Path] = set()
+
+    def flush(self) -> None:
+        """fsync every file, then every directory (their entries name the files); OSError is left
+        to the caller, and what was not flushed yet stays to be flushed."""
+        for path in sorted(self.files, key=os.fsencode):
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))
+            except FileNotFoundError:
+                self.files.discard(path)  # replaced or removed since: its directory's fsync covers it
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.files.discard(path)
+        for directory in sorted(self.dirs, key=os.fsencode):
+            with contextlib.suppress(FileNotFoundError):
+                fsync_dir(directory)
+            self.dirs.discard(directory)
+
+
+def _sync_dir(directory: Path, deferred: Optional[Deferred]) -> None:
+    if deferred is None:
+        fsync_dir(directory)
+    else:
+        deferred.dirs.add(directory)
+
+
 def _chown(fd: int, owner: Owner) -> None:
     """Give an open file the wanted owner where we may; an unprivileged run keeps its own."""
     st = os.fstat(fd)
@@ -76,8 +113,9 @@ def _chown(fd: int, owner: Owner) -> None:
                 os.fchown(fd, -1, gid)
 
 
-def atomic_write(path: Path, data: bytes, owner: Owner) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
+def atomic_write(path: Path, data: bytes, owner: Owner, deferred: Optional[Deferred] = None) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file
+    (with ``deferred``, a power loss before its flush may also leave an empty one)."""
     directory = os.path.dirname(path)
     tmp = _temp_path(directory)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
@@ -89,7 +127,8 @@ def atomic_write(path: Path, data: bytes, owner: Owner) -> None:
                 view = view[os.write(fd, view) :]
             _chown(fd, owner)
             os.fchmod(fd, owner.mode)
-            os.fsync(fd)
+            if deferred is None:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -97,20 +136,22 @@ def atomic_write(path: Path, data: bytes, owner: Owner) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(directory)
+    if deferred is not None:
+        deferred.files.add(path)
+    _sync_dir(directory, deferred)
 
 
-def remove_file(path: Path) -> bool:
-    """Remove a file durably; False when it was not there."""
+def remove_file(path: Path, deferred: Optional[Deferred] = None) -> bool:
+    """Remove a file durably (or at ``deferred``'s flush); False when it was not there."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         return False
-    fsync_dir(os.path.dirname(path))
+    _sync_dir(os.path.dirname(path), deferred)
     return True
 
 
-def make_dir(path: Path, owner: Owner) -> None:
+def make_dir(path: Path, owner: Owner, deferred: Optional[Deferred] = None) -> None:
     """Create one directory (its parent exists) with an exact mode and owner, durably."""
     try:
         os.mkdir(path, 0o700)
@@ -124,4 +165,4 @@ def make_dir(path: Path, owner: Owner) -> None:
         os.fchmod(fd, owner.mode)
     finally:
         os.close(fd)
-    fsync_dir(os.path.dirname(path))
+    _sync_dir(os.path.dirname(path), deferred)

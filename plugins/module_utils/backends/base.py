@@ -14,6 +14,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ProsodyMigrateError
+
+
+class WritesLost(ProsodyMigrateError):
+    """The writes held back since the last ``flush`` are gone (the connection dropped and could
+    not be re-done on a new one, or the commit failed): every user written since then failed."""
+
 
 @dataclass(frozen=True)
 class ArchiveItem:
@@ -70,6 +77,18 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def archive_write(self, host: str, store: str, user: str | None, items: Iterable[ArchiveItem]) -> None:
         """Append items in one transaction; an item whose key exists replaces the old one."""
+
+    # batching ------------------------------------------------------------------------------
+    def start_batch(self) -> None:  # noqa: B027 - optional: a backend may always write through
+        """From now on, writes may be held back (uncommitted, or not yet fsynced) until ``flush``.
+
+        Each write stays all-or-nothing; ``close`` without ``flush`` drops what is held back,
+        as a killed run would. Without this call every write is durable when it returns.
+        """
+
+    def flush(self) -> None:  # noqa: B027 - nothing held back by default
+        """Make every write since the last flush durable; WritesLost (or another
+        ProsodyMigrateError) when they could not be: then none of them is to be counted on."""
 
     # discovery -----------------------------------------------------------------------------
     def hosts(self) -> Iterator[str]:

@@ -68,6 +68,7 @@ class Dialect:
 
     name = ""
     text_marker = "?"
+    begin_sql = "BEGIN"  # opens a batch's transaction (the connection is in autocommit mode)
     number_marker = "?"
     # Prosody's MySQL and PostgreSQL columns hold integers only; SQLite keeps a float as REAL.
     keeps_float_time = False
@@ -196,6 +197,7 @@ class SQLite3(Dialect):
     """SQLite through the standard library; Prosody reads it with LuaDBI."""
 
     name = "SQLite3"
+    begin_sql = "BEGIN IMMEDIATE"  # take the write lock at once, not at the first write
     # Bound as bytes when not UTF-8, so CAST keeps it TEXT (as LuaDBI stores it), bytes intact.
     text_marker = "CAST(? AS TEXT)"
     keeps_float_time = True

@@ -153,6 +153,7 @@ class InternalBackend(Backend):
         self._root_checked = False
         self._ready_dirs: set[bytes] = set()
         self._templates: dict[bytes, tuple[fsutil.Owner | None, fsutil.Owner | None]] = {}
+        self._deferred: fsutil.Deferred | None = None  # fsyncs put off until flush (start_batch)
 
     # paths ---------------------------------------------------------------------------------
     def _host_dir(self, host: str) -> bytes:
@@ -292,6 +293,24 @@ class InternalBackend(Backend):
         return ArchiveItem(key=key, value=value, when=when, with_=peer)
 
     # writing -------------------------------------------------------------------------------
+    def start_batch(self) -> None:
+        if self._deferred is None:
+            self._deferred = fsutil.Deferred()
+
+    def flush(self) -> None:
+        """fsync the files written and directories changed since the last flush, once each."""
+        if self._deferred is None:
+            return
+        try:
+            self._deferred.flush()
+        except OSError as exc:
+            where = os.fsdecode(exc.filename) if exc.filename else self.path
+            raise InternalStoreError(f"cannot make the writes under {where} durable: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        """Flush what is held back: a file written is as good as durable once the backend closes."""
+        self.flush()
+
     def _dir_templates(self, directory: bytes) -> tuple[fsutil.Owner | None, fsutil.Owner | None]:
         """(file, directory) ownership of an existing data file and subdirectory, scanned once.
 
@@ -302,7 +321,7 @@ class InternalBackend(Backend):
             with os.scandir(directory) as entries:
                 for entry in sorted(entries, key=lambda e: e.name):
                     if fsutil.is_temp_name(entry.name):
-                        fsutil.remove_file(entry.path)
+                        fsutil.remove_file(entry.path, self._deferred)
                     elif file_owner is None and entry.name.endswith((DAT, LIST)) and entry.is_file():
                         file_owner = fsutil.owner_like(entry.stat(), fsutil.FILE_MODE_MASK)
                     elif dir_owner is None and not entry.name.startswith(b".") and entry.is_dir():
@@ -325,7 +344,7 @@ class InternalBackend(Backend):
                 st = os.stat(parent)
                 # A setgid parent passes its bit on, as mkdir(2) does for Prosody's own directories.
                 sibling = fsutil.Owner(fsutil.DEFAULT_DIR_MODE | (st.st_mode & stat.S_ISGID), st.st_uid, st.st_gid)
-            fsutil.make_dir(directory, sibling)
+            fsutil.make_dir(directory, sibling, self._deferred)
         self._ready_dirs.add(directory)
 
     def _write(self, path: bytes, data: bytes) -> None:
@@ -341,13 +360,13 @@ class InternalBackend(Backend):
                     owner = fsutil.Owner(fsutil.DEFAULT_FILE_MODE, st.st_uid, st.st_gid)
             else:
                 self._dir_templates(directory)  # clears leftovers of a killed run
-            fsutil.atomic_write(path, data, owner)
+            fsutil.atomic_write(path, data, owner, self._deferred)
         except OSError as exc:
             raise InternalStoreError(f"cannot write {os.fsdecode(path)}: {exc.strerror or exc}") from None
 
     def _remove(self, path: bytes) -> None:
         try:
-            fsutil.remove_file(path)
+            fsutil.remove_file(path, self._deferred)
         except (FileNotFoundError, NotADirectoryError):
             pass
         except OSError as exc:

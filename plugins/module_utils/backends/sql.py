@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Any, Optional
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Callable, Optional
 
 from ..errors import EncodeError, ProsodyMigrateError
 from ..sqlvalue import from_sql, keyval_from_rows, keyval_to_rows, to_sql
-from .base import ArchiveItem, Backend
+from .base import ArchiveItem, Backend, WritesLost
 from .dialects import ARCHIVE_COLUMNS, KEYVAL_COLUMNS, REQUIRED, Column, Dialect, SqlDatabaseError, for_params
 
 PAGE = 500  # archive rows fetched per query: bounded memory, no long-lived server cursor
@@ -51,6 +51,13 @@ class SqlBackend(Backend):
         self._schema: Optional[dict[str, dict[str, Column]]] = None
         self._problems: list[str] = []
         self._row_limit: Optional[int] = None
+        self._batching = False
+        self._batch: Any = None  # the cursor of the open batch transaction
+        # The writes in the open batch, to do again on a new connection when the old one drops.
+        self._journal: list[Callable[[], None]] = []
+        self._replaying = False
+        # archive_unstorable's encoded rows for one user, which archive_write then reuses.
+        self._encoded: tuple[tuple[str, str, str], dict[int, tuple[ArchiveItem, tuple[Any, ...]]]] = (("", "", ""), {})
         if self.dialect.exists():
             self._open(create=False)
 
@@ -100,17 +107,117 @@ class SqlBackend(Backend):
         return list(self._problems)
 
     def close(self) -> None:
+        """Close the connection; a batch not flushed is rolled back with it, as a kill would."""
+        self._batch, self._journal = None, []
         if self._conn is not None:
-            self._conn.close()
+            try:
+                self._conn.close()
+            except self.dialect.driver_errors():
+                pass  # already gone
             self._conn = None
 
-    # query helpers ----------------------------------------------------------------------------
+    # batches ----------------------------------------------------------------------------------
+    def start_batch(self) -> None:
+        self._batching = True
+
+    def _join_batch(self) -> None:
+        """Open the batch's transaction unless one is open (writes only: reads never start one)."""
+        if not self._batching or self._batch is not None:
+            return
+        if self._conn is None or self.dialect.broken(self._conn):
+            self.close()
+            self._conn = self.dialect.connect(False)
+        try:
+            cur = self._conn.cursor()
+            cur.execute(self.dialect.begin_sql)
+        except self.dialect.driver_errors() as exc:
+            raise SqlDatabaseError(f"{self.dialect.describe()}: {self.dialect.reason(exc)}") from exc
+        self._batch = cur
+
+    def _record(self, write: Callable[[], None]) -> None:
+        """Note a write done in the open batch, so that it can be done again on a new connection."""
+        if self._batch is not None and not self._replaying:
+            self._journal.append(write)
+
+    def flush(self) -> None:
+        """Commit the open batch; on a failure, do it all again once on a new connection."""
+        if self._batch is None:
+            return
+        try:
+            self._batch.execute("COMMIT")
+        except self.dialect.driver_errors() as exc:
+            # Whether the commit happened is unknown when the connection went: every write is a
+            # replacement, so doing them again gives the same result either way.
+            self._recover(exc)
+            try:
+                self._batch.execute("COMMIT")
+            except self.dialect.driver_errors() as again:
+                self._lose(len(self._journal), again)
+        self._batch, self._journal = None, []
+
+    def _recover(self, exc: BaseException) -> None:
+        """The batch's transaction is gone: redo its writes in a new one; WritesLost if we cannot."""
+        journal = self._journal
+        self.close()
+        self._replaying = True
+        try:
+            self._join_batch()
+            for write in journal:
+                write()
+        except (ProsodyMigrateError, *self.dialect.driver_errors()) as failed:
+            self._lose(len(journal), failed, exc)
+        finally:
+            self._replaying = False
+        self._journal = journal
+
+    def _lose(self, count: int, exc: BaseException, first: Optional[BaseException] = None) -> None:
+        self.close()
+        why = self.dialect.reason(first or exc)
+        raise WritesLost(
+            f"{self.dialect.describe()}: {why}; the transaction holding the writes since the last commit "
+            f"({count} of them) was lost and could not be done again: {self.dialect.reason(exc)}"
+        ) from exc
+
+    def _savepoint(self, cur: Any, command: str) -> bool:
+        try:
+            cur.execute(command)
+        except self.dialect.driver_errors():
+            return False
+        return True
+
     @contextmanager
-    def _tx(self) -> Iterator[Any]:
-        """One transaction; the driver's own errors come out as SqlDatabaseError."""
-        if self._conn is not None and self.dialect.broken(self._conn):
+    def _in_batch(self) -> Iterator[Any]:
+        """One step inside the open batch, under a savepoint: a failure undoes this step alone."""
+        cur = self._batch
+        try:
+            cur.execute("SAVEPOINT step")
+            yield cur
+            cur.execute("RELEASE SAVEPOINT step")
+        except BaseException as exc:
+            undone = (
+                not self.dialect.broken(self._conn)
+                and self._savepoint(cur, "ROLLBACK TO SAVEPOINT step")
+                and self._savepoint(cur, "RELEASE SAVEPOINT step")
+            )
+            if not undone and not self._replaying:
+                # The server dropped the connection (or the whole transaction): the user in flight
+                # fails below, the batch's earlier writes are done again on a new connection.
+                self._recover(exc)
+            if isinstance(exc, self.dialect.driver_errors()):
+                raise SqlDatabaseError(f"{self.dialect.describe()}: {self.dialect.reason(exc)}") from exc
+            raise
+
+    # query helpers ----------------------------------------------------------------------------
+    def _tx(self) -> AbstractContextManager[Any]:
+        """One transaction (a savepoint in the open batch); driver errors come out as SqlDatabaseError."""
+        return self._in_batch() if self._batch is not None else self._own_tx()
+
+    @contextmanager
+    def _own_tx(self) -> Iterator[Any]:
+        if self._conn is None or self.dialect.broken(self._conn):
             # The server dropped the connection during an earlier query (that one failed): a new
             # one lets the rest of a keep_going run through instead of failing every entry after.
+            # (None: closed after a lost batch.)
             self.close()
             self._conn = self.dialect.connect(False)
         try:
@@ -200,10 +307,17 @@ class SqlBackend(Backend):
         for name, text in base.items():
             self._check(host, store, user, "prosody", {name: text})
         where, params = self._where(**base)
-        with self._tx() as cur:
-            cur.execute(self.dialect.sql(f'DELETE FROM "prosody" WHERE {where}'), params)
-            if rows:
-                self.dialect.insert_many(cur, "prosody", KEYVAL_COLUMNS, rows)
+        delete = self.dialect.sql(f'DELETE FROM "prosody" WHERE {where}')
+
+        def write() -> None:
+            with self._tx() as cur:
+                cur.execute(delete, params)
+                if rows:
+                    self.dialect.insert_many(cur, "prosody", KEYVAL_COLUMNS, rows)
+            self._record(write)
+
+        self._join_batch()
+        write()
 
     # archive -------------------------------------------------------------------------------
     def archive_users(self, host: str, store: str) -> Iterator[str]:
@@ -241,11 +355,14 @@ class SqlBackend(Backend):
         # Host, user and store are in every row: when they cannot be stored, the whole archive fails.
         self._check(host, store, user, "prosodyarchive", {"host": host, "user": user or "", "store": store})
         problems = {}
+        encoded: dict[int, tuple[ArchiveItem, tuple[Any, ...]]] = {}
         for item in items:
             try:
-                self._archive_row(host, store, user, item)
+                encoded[id(item)] = (item, self._archive_row(host, store, user, item))
             except SqlEncodeError as exc:
                 problems[item.key] = str(exc)
+        # Kept (with the items, so their ids stay theirs) for the archive_write that follows.
+        self._encoded = ((host, store, user or ""), encoded)
         return problems
 
     def archive_write(self, host: str, store: str, user: Optional[str], items: Iterable[ArchiveItem]) -> None:
@@ -255,18 +372,32 @@ class SqlBackend(Backend):
             # A repeated key replaces the earlier item and moves to the end, as Prosody's append does.
             latest.pop(item.key, None)
             latest[item.key] = item
-        rows = [self._archive_row(host, store, user, item) for item in latest.values()]
+        where, encoded = self._encoded
+        self._encoded = (("", "", ""), {})
+        if where != (host, store, user or ""):
+            encoded = {}
+        rows = []
+        for item in latest.values():
+            known = encoded.get(id(item))
+            fresh = known is None or known[0] is not item
+            rows.append(self._archive_row(host, store, user, item) if fresh else known[1])
         if not rows:
             return
-        existing = set(self.archive_keys(host, store, user)) & set(latest)
         base, params = self._where(host=host, user=user or "", store=store)
         key_cond, times = self.dialect.eq("key")
         delete = self.dialect.sql(f'DELETE FROM "prosodyarchive" WHERE {base} AND {key_cond}')
-        with self._tx() as cur:
-            if existing:
-                bound = [[*params, *[self.dialect.bind_text(k)] * times] for k in sorted(existing)]
-                cur.executemany(delete, bound)
-            self.dialect.insert_many(cur, "prosodyarchive", ARCHIVE_COLUMNS, rows)
+
+        def write() -> None:
+            existing = set(self.archive_keys(host, store, user)) & set(latest)
+            with self._tx() as cur:
+                if existing:
+                    bound = [[*params, *[self.dialect.bind_text(k)] * times] for k in sorted(existing)]
+                    cur.executemany(delete, bound)
+                self.dialect.insert_many(cur, "prosodyarchive", ARCHIVE_COLUMNS, rows)
+            self._record(write)
+
+        self._join_batch()
+        write()
 
     def _archive_row(self, host: str, store: str, user: Optional[str], item: ArchiveItem) -> tuple[Any, ...]:
         try:

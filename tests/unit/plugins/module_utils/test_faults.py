@@ -13,11 +13,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import psycopg
 import pytest
 
-from ansible_collections.xmpp.prosody.plugins.module_utils.backends import open_backend
+from ansible_collections.xmpp.prosody.plugins.module_utils.backends import dialects, open_backend
 from ansible_collections.xmpp.prosody.plugins.module_utils.backends.base import ArchiveItem
 from ansible_collections.xmpp.prosody.plugins.module_utils.backends.sql import SqlBackend
 from ansible_collections.xmpp.prosody.plugins.module_utils.engine import Options, ProgressEvent, run_migration
@@ -83,11 +84,12 @@ def assert_complete(source: dict[str, Any], dest: dict[str, Any]) -> None:
 
 # killed ----------------------------------------------------------------------------------------
 def test_killed_runs_then_a_rerun_give_the_source_exactly(source: dict[str, Any], dest: dict[str, Any]):
-    # Killed three times: after a few entries, later on, and at a random moment (seeded), each kill
-    # landing wherever the child happens to be, mid-write included.
+    # Killed three times: after a few entries, later on, and after a seeded random number of them,
+    # each kill landing wherever the child happens to be by then, mid-write included. (The third
+    # was a kill after a fixed time; batched commits made the run fast enough to finish before it.)
     first = ChildRun(source, dest).run(kill_after=15)
     second = ChildRun(source, dest).run(kill_after=120)
-    third = ChildRun(source, dest).run(kill_at=random.Random(20260).uniform(0.8, 2.0))
+    third = ChildRun(source, dest).run(kill_after=random.Random(20260).randint(130, 250))
     assert first.killed and second.killed and first.report is None and second.report is None
     assert third.killed or third.report is not None
     final = ChildRun(source, dest).run()
@@ -177,6 +179,83 @@ def test_connection_dropped_mid_run(source: dict[str, Any], tmp_path: Any, drive
         again = run_migration(source, dest, Options())
         assert (again.failed, again.changed) == (False, True)
         assert_same_data(source, dest)
+
+
+class DropAndRefuse(Dropper):
+    """Drops the connection, and the first connection attempt after that fails: the batch's
+    earlier writes cannot be done again on a new connection."""
+
+    def __init__(self, params: dict[str, Any], after: int) -> None:
+        super().__init__(params, after)
+        self.refused = 0
+        self._connect = dialects.PostgreSQL.connect
+
+    def connect(self, dialect: Any, create: bool) -> Any:
+        """Stands in for PostgreSQL.connect."""
+        if self.dropped and not self.refused:
+            self.refused += 1
+            raise dialects.SqlConnectError(f"cannot connect to {dialect.describe()}: refused by the test")
+        return self._connect(dialect, create)
+
+
+def test_connection_dropped_and_the_batch_cannot_be_redone(source: dict[str, Any], tmp_path: Any):
+    # The roster users written in the uncommitted batch before the drop are lost with it: each is
+    # reported as a failure of its own (never counted as created), the others are stored.
+    for params in fresh_database("PostgreSQL", tmp_path):
+        dest = {"type": "sql", **params}
+        drop = DropAndRefuse(params, after=10)
+
+        def stand_in(dialect: Any, create: bool, drop: DropAndRefuse = drop) -> Any:
+            return drop.connect(dialect, create)
+
+        with mock.patch.object(dialects.PostgreSQL, "connect", stand_in):
+            report = run_migration(source, dest, Options(keep_going=True, progress=drop))
+        assert (drop.dropped, drop.refused) == (1, 1)
+        with open_backend(source) as src:
+            users = sorted(src.keyval_users(HOST, "roster"))
+        failed = {f.user: f.reason for f in report.failures}
+        assert all(f.store == "roster" and f.scope == "user" for f in report.failures)
+        lost = [u for u, reason in failed.items() if "the batch holding the write was lost" in reason]
+        assert lost and set(lost) <= set(drop.seen[:10])  # written before the drop, in its batch
+        assert all("refused by the test" in failed[u] for u in lost)
+        roster = report.store_result(HOST, "roster", "keyval")
+        assert roster.users_failed == len(failed) == len(lost) + 1  # plus the user in flight
+        assert roster.users_created == len(users) - len(failed)
+        # Nothing silently lost: every roster user is stored, or reported.
+        with open_backend(dest) as dst:
+            stored = {u for u in users if dst.keyval_get(HOST, "roster", u) is not None}
+        assert stored | set(failed) == set(users) and not stored & set(failed)
+        again = run_migration(source, dest, Options())
+        assert (again.failed, again.changed) == (False, True)
+        assert_same_data(source, dest)
+
+
+def test_a_refused_entry_is_undone_alone_in_its_batch(source: dict[str, Any], tmp_path: Any):
+    # The server refuses one user's rows (a trigger) in the middle of a batch: that user's DELETE is
+    # rolled back with its INSERT (its old value stays), the users around it in the batch are stored.
+    for params in fresh_database("SQLite3", tmp_path):
+        dest = {"type": "sql", **params}
+        assert not run_migration(source, dest, Options()).failed
+        with open_backend(source) as src:
+            users = sorted(src.keyval_users(HOST, "roster"))
+        refused, others = users[5], [users[4], users[6], users[7]]
+        with open_backend(dest) as dst:
+            dst.keyval_set(HOST, "roster", refused, {"old": {"name": "kept"}})
+            for user in others:
+                dst.keyval_set(HOST, "roster", user, None)
+            dst._conn.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON prosody WHEN NEW.user = ? AND NEW.store = 'roster' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END".replace("?", f"'{refused}'")
+            )
+        report = run_migration(source, dest, Options(keep_going=True))
+        assert [(f.store, f.user) for f in report.failures] == [("roster", refused)]
+        assert "refused by the test" in report.failures[0].reason
+        roster = report.store_result(HOST, "roster", "keyval")
+        assert (roster.users_created, roster.users_updated, roster.users_failed) == (3, 0, 1)
+        with open_backend(source) as src, open_backend(dest) as dst:
+            assert dst.keyval_get(HOST, "roster", refused) == {"old": {"name": "kept"}}
+            for user in others:
+                assert dst.keyval_get(HOST, "roster", user) == src.keyval_get(HOST, "roster", user)
 
 
 # the destination refuses writes -------------------------------------------------------------------

@@ -673,6 +673,45 @@ def test_writes_are_made_durable(tmp_path):
     assert calls[1:] == [("replace", f"{store}/u.dat"), ("fsync", store), ("fsync", store)]
 
 
+def test_batched_writes_are_made_durable_at_flush(tmp_path):
+    """In a batch (as the engine runs) each file is still renamed into place whole, but the fsyncs
+    wait for flush: then every file written, then every directory changed, once each."""
+    backend = InternalBackend({"path": str(tmp_path)})
+    backend.keyval_set("h", "s", "old", {"a": 1})
+    backend.start_batch()
+    calls = []
+    rename = os.replace
+
+    def record_fsync(fd: int) -> None:
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def record_replace(src: str, dst: str) -> None:
+        calls.append(("replace", os.fsdecode(dst)))
+        rename(src, dst)
+
+    with mock.patch.object(fsutil.os, "fsync", record_fsync), mock.patch.object(fsutil.os, "replace", record_replace):
+        backend.keyval_set("h", "s", "u", {"a": 2})
+        backend.keyval_set("h", "s", "v", {"a": 3})
+        backend.keyval_set("h", "t", "u", {"a": 4})  # a new store directory
+        backend.keyval_set("h", "s", "old", None)
+        written = list(calls)
+        backend.flush()
+        flushed = calls[len(written) :]
+        backend.flush()  # nothing left to flush
+        assert len(calls) == len(written) + len(flushed)
+    host, store, other = str(tmp_path / "h"), str(tmp_path / "h" / "s"), str(tmp_path / "h" / "t")
+    assert written == [("replace", f"{store}/u.dat"), ("replace", f"{store}/v.dat"), ("replace", f"{other}/u.dat")]
+    assert flushed == [
+        ("fsync", f"{store}/u.dat"),
+        ("fsync", f"{store}/v.dat"),
+        ("fsync", f"{other}/u.dat"),
+        ("fsync", host),
+        ("fsync", store),
+        ("fsync", other),
+    ]
+    assert backend.keyval_get("h", "s", "old") is None and backend.keyval_get("h", "t", "u") == {"a": 4}
+
+
 KILLED_WRITER = """
 import os, signal, sys
 sys.path.insert(0, {collections!r})
