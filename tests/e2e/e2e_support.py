@@ -1,11 +1,12 @@
 # Copyright: (c) 2026, xmpp.prosody contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What the end-to-end test's fixtures and tests share: the corpus's names and the running server."""
+"""What the end-to-end test's fixtures and tests share: the corpus's names, the role's runs and the server."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any, NamedTuple
 
 HOST = "example.org"
 MUC = "conference.example.org"
@@ -51,3 +52,32 @@ class Server:
 
     def log_size(self) -> int:
         return self.log.stat().st_size if self.log.exists() else 0
+
+
+class ServerConfig(NamedTuple):
+    """The test server's directory, port and prosody.cfg.lua (its path, and its text before the role ran)."""
+
+    directory: Path
+    port: int
+    path: Path
+    original: str
+
+
+class PlaybookRun(NamedTuple):
+    """One ansible-playbook run: exit code, localhost's recap counts (ok, changed, failed, ...), output, seconds."""
+
+    returncode: int
+    recap: dict[str, int]
+    output: str
+    seconds: float
+
+
+class Migration(NamedTuple):
+    """The role's two runs, the module's result of the first (which moved the data), the service calls made,
+    and the destination store the role was given."""
+
+    first: PlaybookRun
+    second: PlaybookRun
+    result: dict[str, Any]
+    service_calls: list[str]
+    destination: dict[str, Any]

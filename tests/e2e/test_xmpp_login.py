@@ -1,7 +1,11 @@
 # Copyright: (c) 2026, xmpp.prosody contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""End to end: data written by real Prosody's file storage, migrated by our engine into
-PostgreSQL, served by a real Prosody and read back by a real XMPP client (slixmpp).
+"""End to end: data written by real Prosody's file storage, migrated into PostgreSQL by the role
+xmpp.prosody.prosody_migrate (ansible-playbook on localhost), served by a real Prosody whose
+config the role switched to SQL, and read back by a real XMPP client (slixmpp).
+
+The role must succeed, verify what it wrote, write the storage block the server then runs on,
+and change nothing when run again.
 
 Each user logs in with the original password over SCRAM-SHA-1 (so the migrated salted keys
 work), then fetches roster, vCard and message archive (MAM); the MUC room's configuration,
@@ -12,6 +16,9 @@ as read from the file store.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -19,7 +26,7 @@ from datetime import datetime
 from typing import Any, Union
 
 import pytest
-from e2e_support import HOST, MUC, USERS, Server, password
+from e2e_support import HOST, MUC, STORES, USERS, Migration, Server, ServerConfig, password
 from slixmpp import ClientXMPP, Iq
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
@@ -182,6 +189,47 @@ def as_bool(value: Any) -> bool:
 
 # --- the tests ---------------------------------------------------------------------------------
 
+BLOCK = re.compile(
+    r"^-- BEGIN xmpp\.prosody\.prosody_migrate: storage\n(.*?)^-- END xmpp\.prosody\.prosody_migrate: storage\n",
+    re.MULTILINE | re.DOTALL,
+)
+# Runs a config fragment as Prosody's config loader does (util.envload, globals into a table) and prints them.
+READ_CONFIG = """
+package.path = "/usr/lib/prosody/?.lua;" .. package.path
+local settings = {}
+local chunk = assert(require "util.envload".envload(io.read("a"), "=block", settings))
+chunk()
+io.write(require "util.json".encode(settings))
+"""
+
+
+def test_role_migrates_verifies_and_switches_storage(migration: Migration) -> None:
+    """The role's first run moves every store and verifies it; the second changes nothing."""
+    first, second, result = migration.first, migration.second, migration.result
+    assert first.returncode == 0 and first.recap["failed"] == 0 and first.recap["changed"] > 0, first.output
+    assert result["verified"] is True, result
+    assert (result["mismatches"], result["failures"], result["stopped"]) == ([], [], False)
+    assert result["totals"]["users_created"] > 0 and result["totals"]["items_created"] > 0
+    assert result["totals"]["users_failed"] == result["totals"]["items_failed"] == 0
+    assert {(entry["host"], entry["store"]) for entry in result["stores"]} >= {
+        (host, store.split("-", maxsplit=1)[0]) for host, stores in STORES.items() for store in stores
+    }
+    assert second.returncode == 0 and second.recap["failed"] == 0, second.output
+    assert second.recap["changed"] == 0, second.output
+    # Prosody was stopped and started once, by the first run only.
+    assert migration.service_calls == ["stop", "start"]
+
+
+def test_role_wrote_the_storage_block_the_server_runs_on(migration: Migration, server_config: ServerConfig) -> None:
+    """prosody.cfg.lua is the test's own plus the role's block, which Prosody's loader reads as SQL storage."""
+    text = server_config.path.read_text(encoding="utf-8")
+    blocks = BLOCK.findall(text)
+    assert len(blocks) == 1, text
+    assert BLOCK.sub("", text) == server_config.original
+    assert text.index("-- BEGIN xmpp.prosody.prosody_migrate") < text.index('VirtualHost "example.org"')
+    lua = subprocess.run(["lua5.4", "-e", READ_CONFIG], input=blocks[0], capture_output=True, text=True, check=True)
+    assert json.loads(lua.stdout) == {"storage": "sql", "sql": migration.destination}
+
 
 @pytest.mark.parametrize("user", LOGIN_USERS)
 def test_user_data_survives_migration(user: str, server_log: Server, source: InternalBackend) -> None:
@@ -274,10 +322,6 @@ async def _check_room(source: InternalBackend, port: int) -> None:
         }
 
 
-# Real Prosody 0.12's mod_muc_mam stores each item's "with" as "message<groupchat" and queries
-# with that filter; tests/corpus/make_corpus.lua stores the nick there instead, so the server
-# finds none of the corpus's (correctly migrated) room history. Strict: fixing the corpus makes
-# this XPASS and fail, so the mark gets removed.
 def test_muc_history_survives_migration(server_log: Server, source: InternalBackend) -> None:
     """The room's history as MUC MAM gives it, item for item."""
     run(_check_room_history(source, server_log.port))
