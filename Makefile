@@ -19,6 +19,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 venv: $(STAMP)
 
+# Plain pytest (e2e, explore) imports the checkout as ansible_collections.xmpp.prosody through
+# this link (pyproject.toml's pythonpath); ansible-test uses its own copy instead.
+LINK := .build/collections/ansible_collections/xmpp/prosody
+$(LINK):
+	mkdir -p $(dir $(LINK))
+	ln -sfn ../../../.. $(LINK)
+
 # Debian's Prosody (the oracle), Lua, the LuaDBI drivers, and the two database servers.
 test-deps:
 	scripts/install-system-deps.sh
@@ -49,7 +56,7 @@ $(VENV)/.installed-e2e: $(STAMP) requirements-e2e.txt
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements-e2e.txt
 	touch $@
 
-e2e: $(VENV)/.installed-e2e test-deps
+e2e: $(VENV)/.installed-e2e test-deps $(LINK)
 	$(BIN)/pytest -p no:cacheprovider tests/e2e
 
 # The command and engine under /usr/bin/python3 with Debian 12's python3-lupa (1.14, on LuaJIT),
@@ -82,7 +89,7 @@ bench: venv test-deps
 	$(BIN)/python bench/run_bench.py $(BENCH_ARGS)
 
 # Hypothesis with fresh random examples, many more than `make test` runs.
-explore: venv test-deps
+explore: venv test-deps $(LINK)
 	$(BIN)/pytest --hypothesis-profile=explore tests/unit
 
 clean:
