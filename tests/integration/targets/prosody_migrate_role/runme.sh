@@ -13,8 +13,14 @@ if [[ -n "${ANSIBLE_COLLECTIONS_PATH:-}" ]]; then
 else
   collection=$(cd "$here/../../../.." && pwd)
 fi
-# The managed hosts' Python must have what the migrator needs (the role's package installation is skipped):
+# The MariaDB host runs on the system's /usr/bin/python3 (Debian's) with the role's package installation from
+# the distribution (apt: python3-lupa, python3-psycopg, python3-pymysql), so the module and command run with
+# Debian's versions. The other hosts skip the installation; their Python must have what the migrator needs:
 # PROSODY_MIGRATE_PYTHON, else ansible-playbook's own Python, else the first python3 on PATH that has it.
+distro_python=/usr/bin/python3
+if [[ ! -x "$distro_python" ]] || ! command -v apt-get >/dev/null; then
+  echo "needs Debian or Ubuntu: apt-get and $distro_python" >&2; exit 1
+fi
 needs='import lupa, psycopg, pymysql'
 python=
 for candidate in ${PROSODY_MIGRATE_PYTHON:-} \
@@ -52,9 +58,9 @@ for host in pg my lite; do
     > "$work/$host/prosody.cfg.lua"
 done
 
-"$python" - "$work" "$db" "$password" "$python" "$collection" > "$work/inventory.yml" <<'PY'
+"$python" - "$work" "$db" "$password" "$python" "$collection" "$distro_python" > "$work/inventory.yml" <<'PY'
 import json, sys
-work, db, password, python, collection = sys.argv[1:]
+work, db, password, python, collection, distro_python = sys.argv[1:]
 dests = {
     "pg": {"type": "sql", "driver": "PostgreSQL", "database": db, "host": "127.0.0.1", "port": 5432,
            "username": "root", "password": password},
@@ -87,6 +93,13 @@ for name, dest in dests.items():
             "output": dest,
         },
     }
+    if name == "my":  # the distribution's packages, installed by the role, for the system's Python
+        hosts[f"prosody_{name}"].update({
+            "ansible_python_interpreter": distro_python,
+            "prosody_migrate_install_packages": True,
+            "prosody_migrate_install_method": "distribution",
+            "prosody_migrate_python": distro_python,
+        })
     if "password" in dest:
         hosts[f"prosody_{name}"]["db_password"] = password
 print(json.dumps({"all": {"children": {"fleet": {"hosts": hosts}}}}, ensure_ascii=False, indent=1))
@@ -110,6 +123,15 @@ expect_failure 'each host maps to a list of stores or to one of vhost, muc' \
 echo "== first run: migrates every host"
 run fleet.yml "$@" | tee "$work/run1.log"
 [[ $(grep -cE '^prosody_(pg|my|lite) +: ok=[0-9]+ +changed=[1-9]' "$work/run1.log") == 3 ]]
+# The apt task ran for the MariaDB host only, and that host's Python has Debian's versions.
+apt_task=$(sed -n '/^TASK \[xmpp.prosody.prosody_migrate : Install the packages from the distribution\]/,/^TASK/p' \
+  "$work/run1.log")
+if ! grep -Eq '^(ok|changed): \[prosody_my\]' <<<"$apt_task"; then
+  echo "the apt task did not run for prosody_my" >&2; exit 1
+fi
+if grep -Eq 'prosody_(pg|lite)' <<<"$apt_task"; then echo "the apt task ran for a host that skips it" >&2; exit 1; fi
+"$distro_python" -c 'import lupa, psycopg, pymysql, sys; print(sys.executable, "lupa", lupa.__version__,
+    "psycopg", psycopg.__version__, "PyMySQL", pymysql.__version__)'
 
 echo "== the rendered configs, installed files, Prosody's config and service calls"
 run verify.yml "$@"
@@ -125,6 +147,7 @@ echo "rows (keyval, archive): pg=$count_pg my=$count_my lite=$count_lite"
 echo "== second run: nothing changes on any host"
 run fleet.yml "$@" | tee "$work/run2.log"
 [[ $(grep -cE '^prosody_(pg|my|lite) +: ok=[0-9]+ +changed=0 ' "$work/run2.log") == 3 ]]
+grep -q '^TASK \[xmpp.prosody.prosody_migrate : Install the packages from the distribution\]' "$work/run2.log"
 for host in pg my lite; do [[ "$(cat "$work/$host/service.log")" == $'stop\nstart' ]]; done
 
 echo "== check mode with new data: reports the change, writes nothing, leaves Prosody alone"
