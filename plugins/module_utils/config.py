@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .backends import ALIASES, BACKENDS, backend_params
-from .luadata import LuaDataError
+from .luadata import LuaDataError, lua_type
 from .luaerrors import LUA_NAME
 from .luasandbox import sandbox_load
 from .plan import ConfigError
@@ -94,10 +94,10 @@ def _store(path: str, name: str, definition: Any) -> dict[str, Any]:
     """One store's definition, checked and normalized (see the module notes)."""
     where = f"{path}: store {name!r}"
     if not isinstance(definition, dict):
-        raise ConfigError(f"{where} is defined with a {_lua_type(definition)}, not a table ({name} {{ ... }})")
+        raise ConfigError(f"{where} is defined with a {lua_type(definition)}, not a table ({name} {{ ... }})")
     extra = definition.get("config")
     if extra is not None and not isinstance(extra, dict):
-        raise ConfigError(f"{where}: 'config' must be a table, not a {_lua_type(extra)}")
+        raise ConfigError(f"{where}: 'config' must be a table, not a {lua_type(extra)}")
     store = backend_params(definition)  # config's fields merged over the store's, legacy types renamed
     type_ = store.get("type")
     if type_ is None:
@@ -116,7 +116,7 @@ def _show_type(value: Any) -> str:
     """A type name as the user wrote it (types are short words, not secrets), or just its kind."""
     if isinstance(value, str) and LUA_NAME.match(value):
         return repr(value)
-    return f"(a {_lua_type(value)})"
+    return f"(a {lua_type(value)})"
 
 
 def _hosts(where: str, hosts: Any) -> Any:
@@ -133,22 +133,10 @@ def _hosts(where: str, hosts: Any) -> Any:
             entries = [entries[i] for i in range(1, len(entries) + 1)]
             bad = [e for e in entries if not isinstance(e, str)]
             if bad:
-                raise ConfigError(f"{where}: hosts[{host!r}] holds a {_lua_type(bad[0])} where a store name belongs")
+                raise ConfigError(f"{where}: hosts[{host!r}] holds a {lua_type(bad[0])} where a store name belongs")
         out[host] = entries
     return out
 
 
 def _is_sequence(table: dict[Any, Any]) -> bool:
     return all(isinstance(k, int) for k in table) and set(table) == set(range(1, len(table) + 1))
-
-
-def _lua_type(value: Any) -> str:
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "table"

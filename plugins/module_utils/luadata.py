@@ -66,6 +66,21 @@ class BoolKey:
         return f"BoolKey({self.value})"
 
 
+def lua_type(value: object) -> str:
+    """The Lua type name of a value of our model, for messages (other objects: their class)."""
+    if value is None:
+        return "nil"
+    if isinstance(value, (bool, BoolKey)):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "table"
+    return type(value).__name__
+
+
 class LuaDataError(DecodeError):
     """A Lua data file (or text) that neither the strict reader nor the sandbox could read."""
 

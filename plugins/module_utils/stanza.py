@@ -42,6 +42,7 @@ from typing import Any, Callable, Union
 from xml.parsers import expat
 
 from .errors import DecodeError
+from .luadata import lua_type
 
 # Real stanzas nest a handful of levels; this keeps consumers of the trees (serializers that
 # recurse, for one) far from Python's recursion limit while accepting anything plausible.
@@ -182,7 +183,7 @@ class Element:
         so such text and attribute values are carried as is and a missing ``attr`` means none.
         """
         if not isinstance(table, dict):
-            raise StanzaError(f"a stanza must be a table, not {_lua_type(table)}", source)
+            raise StanzaError(f"a stanza must be a table, not {lua_type(table)}", source)
         root = _element_from_table(table, "stanza", source, strict)
         stack = [(table, root, "stanza", 1)]
         while stack:
@@ -221,20 +222,6 @@ def _start_tag(element: Element, parent_ns: str | None, out: list[str]) -> None:
     out.append(">" if element.children else "/>")
 
 
-def _lua_type(value: object) -> str:
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        return "table"
-    return type(value).__name__
-
-
 def _valid_utf8(value: str) -> bool:
     """Whether the Lua string behind ``value`` is valid UTF-8 (as util.encodings.utf8.valid says)."""
     if value.isascii():
@@ -249,7 +236,7 @@ def _valid_utf8(value: str) -> bool:
 def _check_text(value: object, kind: str, where: str, source: str) -> None:
     """util/stanza.lua's check_text: a string without control characters, valid UTF-8."""
     if not isinstance(value, str):
-        raise StanzaError(f"invalid {kind} value at {where}: expected string, got {_lua_type(value)}", source)
+        raise StanzaError(f"invalid {kind} value at {where}: expected string, got {lua_type(value)}", source)
     if _CONTROL.search(value):
         raise StanzaError(f"invalid {kind} value at {where}: contains control characters", source)
     if not _valid_utf8(value):
@@ -259,7 +246,7 @@ def _check_text(value: object, kind: str, where: str, source: str) -> None:
 def _check_name(value: object, kind: str, where: str, source: str) -> None:
     """util/stanza.lua's check_name for a tag or attribute name."""
     if not isinstance(value, str):
-        raise StanzaError(f"invalid {kind} name at {where}: expected string, got {_lua_type(value)}", source)
+        raise StanzaError(f"invalid {kind} name at {where}: expected string, got {lua_type(value)}", source)
     problem = None
     if not value:
         problem = "empty string"
@@ -280,7 +267,7 @@ def _element_from_table(table: dict[Any, Any], where: str, source: str, strict: 
     if raw_attr is None and not strict:
         raw_attr = {}
     if not isinstance(raw_attr, dict):
-        raise StanzaError(f"{where} has no attr table (got {_lua_type(raw_attr)})", source)
+        raise StanzaError(f"{where} has no attr table (got {lua_type(raw_attr)})", source)
     attr: dict[str, str] = {}
     for key, value in raw_attr.items():
         if not isinstance(key, str):
@@ -304,7 +291,7 @@ def _element_from_table(table: dict[Any, Any], where: str, source: str, strict: 
         for key, value in attr.items():
             _check_name(key, "attribute", where, source)
             if not isinstance(value, str):
-                raise StanzaError(f"attribute {key!r} at {where} is a {_lua_type(value)}, not a string", source)
+                raise StanzaError(f"attribute {key!r} at {where} is a {lua_type(value)}, not a string", source)
     return Element(name, attr)
 
 
