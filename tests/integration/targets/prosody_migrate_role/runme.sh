@@ -15,7 +15,9 @@ else
 fi
 # The MariaDB host runs on the system's /usr/bin/python3 (Debian's) with the role's package installation from
 # the distribution (apt: python3-lupa, python3-psycopg, python3-pymysql), so the module and command run with
-# Debian's versions. The other hosts skip the installation; their Python must have what the migrator needs:
+# Debian's versions. The PostgreSQL host runs on a fresh virtual environment (made here, without the packages)
+# with the role's pip installation, so the pip task really installs them from PyPI. The SQLite3 host skips the
+# installation; its Python must have what the migrator needs:
 # PROSODY_MIGRATE_PYTHON, else ansible-playbook's own Python, else the first python3 on PATH that has it.
 distro_python=/usr/bin/python3
 if [[ ! -x "$distro_python" ]] || ! command -v apt-get >/dev/null; then
@@ -37,6 +39,15 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# The PostgreSQL host's Python: a new venv from the base interpreter of the Python found above (Ansible needs
+# only the standard library on it); the role's pip task must add lupa, psycopg and PyMySQL.
+pip_venv="$work/pip-venv"
+"$("$python" -c 'import os, sys; print(os.path.join(sys.base_exec_prefix, "bin", "python3"))')" -m venv "$pip_venv"
+pip_python="$pip_venv/bin/python"
+if "$pip_python" -c 'import lupa' 2>/dev/null || "$pip_python" -c 'import psycopg' 2>/dev/null ||
+    "$pip_python" -c 'import pymysql' 2>/dev/null; then
+  echo "the new venv $pip_venv already has a package the role's pip task should install" >&2; exit 1
+fi
 if [[ -z "${ANSIBLE_COLLECTIONS_PATH:-}" ]]; then  # the checkout, seen as an installed collection
   mkdir -p "$work/collections/ansible_collections/xmpp"
   ln -s "$collection" "$work/collections/ansible_collections/xmpp/prosody"
@@ -58,9 +69,10 @@ for host in pg my lite; do
     > "$work/$host/prosody.cfg.lua"
 done
 
-"$python" - "$work" "$db" "$password" "$python" "$collection" "$distro_python" > "$work/inventory.yml" <<'PY'
+"$python" - "$work" "$db" "$password" "$python" "$collection" "$distro_python" "$pip_venv" \
+  > "$work/inventory.yml" <<'PY'
 import json, sys
-work, db, password, python, collection, distro_python = sys.argv[1:]
+work, db, password, python, collection, distro_python, pip_venv = sys.argv[1:]
 dests = {
     "pg": {"type": "sql", "driver": "PostgreSQL", "database": db, "host": "127.0.0.1", "port": 5432,
            "username": "root", "password": password},
@@ -100,6 +112,14 @@ for name, dest in dests.items():
             "prosody_migrate_install_method": "distribution",
             "prosody_migrate_python": distro_python,
         })
+    if name == "pg":  # pip, into the fresh venv whose Python runs both Ansible's modules and the migrator
+        hosts[f"prosody_{name}"].update({
+            "ansible_python_interpreter": f"{pip_venv}/bin/python",
+            "prosody_migrate_install_packages": True,
+            "prosody_migrate_install_method": "pip",
+            "prosody_migrate_pip_executable": f"{pip_venv}/bin/pip",
+            "prosody_migrate_python": f"{pip_venv}/bin/python",
+        })
     if "password" in dest:
         hosts[f"prosody_{name}"]["db_password"] = password
 print(json.dumps({"all": {"children": {"fleet": {"hosts": hosts}}}}, ensure_ascii=False, indent=1))
@@ -129,8 +149,16 @@ apt_task=$(sed -n '/^TASK \[xmpp.prosody.prosody_migrate : Install the packages 
 if ! grep -Eq '^(ok|changed): \[prosody_my\]' <<<"$apt_task"; then
   echo "the apt task did not run for prosody_my" >&2; exit 1
 fi
-if grep -Eq 'prosody_(pg|lite)' <<<"$apt_task"; then echo "the apt task ran for a host that skips it" >&2; exit 1; fi
+if grep -Eq '^(ok|changed): \[prosody_(pg|lite)\]' <<<"$apt_task"; then echo "the apt task ran for a host that skips it" >&2; exit 1; fi
 "$distro_python" -c 'import lupa, psycopg, pymysql, sys; print(sys.executable, "lupa", lupa.__version__,
+    "psycopg", psycopg.__version__, "PyMySQL", pymysql.__version__)'
+# The pip task installed the packages (changed) into the PostgreSQL host's venv, and for no other host.
+pip_task=$(sed -n '/^TASK \[xmpp.prosody.prosody_migrate : Install the packages with pip\]/,/^TASK/p' "$work/run1.log")
+if ! grep -q '^changed: \[prosody_pg\]' <<<"$pip_task"; then
+  echo "the pip task did not install for prosody_pg" >&2; exit 1
+fi
+if grep -Eq '^(ok|changed): \[prosody_(my|lite)\]' <<<"$pip_task"; then echo "the pip task ran for a host that skips it" >&2; exit 1; fi
+"$pip_python" -c 'import lupa, psycopg, pymysql, sys; print(sys.executable, "lupa", lupa.__version__,
     "psycopg", psycopg.__version__, "PyMySQL", pymysql.__version__)'
 
 echo "== the rendered configs, installed files, Prosody's config and service calls"
