@@ -62,10 +62,25 @@ _NOT_XML_CHAR = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff
 # Encodings expat knows itself; LuaExpat installs no handler for others, Python's pyexpat does.
 _EXPAT_ENCODINGS = frozenset({"UTF-8", "UTF-16", "UTF-16BE", "UTF-16LE", "ISO-8859-1", "US-ASCII"})
 
-_END = object()
 _ESCAPE = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", '"': "&quot;"}
 _TEXT_ESCAPE = str.maketrans({**_ESCAPE, "\r": "&#13;"})
 _ATTR_ESCAPE = str.maketrans({**_ESCAPE, "\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
+# What the two tables above replace. Most values need no escaping, and one search tells so far
+# faster than str.translate, which looks every character up in a dict.
+_TEXT_SPECIAL = re.compile("[&<>'\"\r]")
+_ATTR_SPECIAL = re.compile("[&<>'\"\t\n\r]")
+
+# Deserializing takes a fast path for the common case and leaves anything else (and every error,
+# with its message) to the checked walk. A text or attribute value that holds none of these
+# passes check_text: a string without surrogates is always valid UTF-8.
+_TEXT_SUSPECT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x13\ud800-\udfff]")
+# Names found valid, so that the few names archives hold ("message", "body", "to", "xml:lang"...)
+# are checked once per process, not once per element. Attribute names here can also be used as
+# they are (no legacy "ns|name" form). Cleared when full: endless distinct names then cost no
+# more than the checks they would cost anyway.
+_KNOWN_TAGS: set[str] = set()
+_KNOWN_ATTRS: set[str] = set()
+_KNOWN_MAX = 4096
 
 
 class StanzaError(DecodeError):
@@ -126,19 +141,30 @@ class Element:
         """The XML text Prosody's ``tostring(stanza)`` writes (see the module notes for how it differs)."""
         out: list[str] = []
         _start_tag(self, None, out)
-        stack = [(self, iter(self.children))] if self.children else []
+        # Per open element: its children still to write and its xmlns (what its children inherit).
+        stack = [(self, iter(self.children), self.attr.get("xmlns"))] if self.children else []
         while stack:
-            element, rest = stack[-1]
-            child = next(rest, _END)
-            if child is _END:
+            element, rest, ns = stack[-1]
+            # A for loop over the shared iterator: leaves and text cost no stack work, and after
+            # a nested element is done the loop resumes where it broke off.
+            for child in rest:
+                if isinstance(child, Element):
+                    _start_tag(child, ns, out)
+                    kids = child.children
+                    if not kids:
+                        continue
+                    if len(kids) == 1 and not isinstance(kids[0], Element):
+                        # The commonest element with content, a <body> and its text: no stacking.
+                        out.append(_escape_text(kids[0]))
+                        out.append(f"</{child.name}>")
+                        continue
+                    stack.append((child, iter(kids), child.attr.get("xmlns")))
+                    break
+                else:
+                    out.append(_escape_text(child))
+            else:
                 out.append(f"</{element.name}>")
                 stack.pop()
-            elif isinstance(child, Element):
-                _start_tag(child, element.attr.get("xmlns"), out)
-                if child.children:
-                    stack.append((child, iter(child.children)))
-            else:
-                out.append(child.translate(_TEXT_ESCAPE))
         return "".join(out)
 
     @classmethod
@@ -182,44 +208,155 @@ class Element:
         missing ``attr`` table is an error; without it only the shape and the names are checked,
         so such text and attribute values are carried as is and a missing ``attr`` means none.
         """
-        if not isinstance(table, dict):
-            raise StanzaError(f"a stanza must be a table, not {lua_type(table)}", source)
-        root = _element_from_table(table, "stanza", source, strict)
-        stack = [(table, root, "stanza", 1)]
-        while stack:
-            table, element, where, depth = stack.pop()
-            index = 1
-            while table.get(index) is not None:
-                child = table[index]
-                if isinstance(child, str):
-                    if strict:
-                        _check_text(child, "text", f"{where}[{index}]", source)
-                    element.children.append(child)
-                elif isinstance(child, dict):
-                    child_where = f"{where}[{index}]"
-                    if depth >= MAX_DEPTH:
-                        raise StanzaError(f"stanza nested deeper than {MAX_DEPTH} elements", source)
-                    sub = _element_from_table(child, child_where, source, strict)
-                    element.children.append(sub)
-                    stack.append((child, sub, child_where, depth + 1))
-                index += 1
-        return root
+        root = _deserialize_common(table, strict)
+        return _deserialize_checked(table, source, strict) if root is None else root
+
+
+def _deserialize_checked(table: object, source: str, strict: bool) -> Element:
+    """``Element.deserialize`` step by step, every part checked: the reference, and what raises its errors."""
+    if not isinstance(table, dict):
+        raise StanzaError(f"a stanza must be a table, not {lua_type(table)}", source)
+    root = _element_from_table(table, "stanza", source, strict)
+    stack = [(table, root, "stanza", 1)]
+    while stack:
+        table, element, where, depth = stack.pop()
+        index = 1
+        while table.get(index) is not None:
+            child = table[index]
+            if isinstance(child, str):
+                if strict:
+                    _check_text(child, "text", f"{where}[{index}]", source)
+                element.children.append(child)
+            elif isinstance(child, dict):
+                child_where = f"{where}[{index}]"
+                if depth >= MAX_DEPTH:
+                    raise StanzaError(f"stanza nested deeper than {MAX_DEPTH} elements", source)
+                sub = _element_from_table(child, child_where, source, strict)
+                element.children.append(sub)
+                stack.append((child, sub, child_where, depth + 1))
+            index += 1
+    return root
+
+
+def _deserialize_common(table: object, strict: bool) -> Element | None:
+    """``Element.deserialize`` for the common case, or None for anything else (left to the checked walk).
+
+    Plain dicts and strings only, names already known or valid as they are, every attribute
+    value a string (and in strict mode no text that check_text would have to look at closely):
+    then the checked walk would build the same element, so its per-part ``where`` strings and
+    checks are skipped. Anything else, an error included, is left to ``_deserialize_checked``,
+    which reads it anew, so the results and the errors are its own.
+    """
+    if type(table) is not dict:
+        return None
+    root = _common_element(table, strict)
+    if root is None:
+        return None
+    stack = [(table, root, 1)]
+    while stack:
+        table, element, depth = stack.pop()
+        children = element.children
+        index = 1
+        child = table.get(1)
+        while child is not None:
+            kind = type(child)
+            if kind is str:
+                if strict and _TEXT_SUSPECT.search(child):
+                    return None
+                children.append(child)
+            elif kind is dict:
+                if depth >= MAX_DEPTH:
+                    return None
+                sub = _common_element(child, strict)
+                if sub is None:
+                    return None
+                children.append(sub)
+                stack.append((child, sub, depth + 1))
+            elif isinstance(child, (str, dict)):
+                return None  # a subclass: rare enough to leave to the checked walk
+            index += 1
+            child = table.get(index)
+    return root
+
+
+def _common_element(table: dict[Any, Any], strict: bool) -> Element | None:
+    """One element (no children yet) as ``_element_from_table`` makes it, or None if not a common case."""
+    name = table.get("name")
+    if type(name) is not str or (name not in _KNOWN_TAGS and not _learn_name(name, "tag")):
+        return None
+    raw_attr = table.get("attr")
+    if type(raw_attr) is not dict:
+        # Lenient mode reads a missing attr table as an empty one; anything else is an error.
+        return Element(name, {}) if raw_attr is None and not strict else None
+    attr = dict(raw_attr)
+    if attr:
+        # One subset test in C for the usual case, where every key is a known name.
+        if not attr.keys() <= _KNOWN_ATTRS:
+            for key in attr:
+                if key not in _KNOWN_ATTRS and not _learn_name(key, "attribute"):
+                    return None
+        try:
+            values = "".join(attr.values())  # fails for a value that is not a string
+        except TypeError:
+            return None
+        if strict and _TEXT_SUSPECT.search(values):
+            return None
+    return Element(name, attr)
+
+
+def _learn_name(name: object, kind: str) -> bool:
+    """Whether name is a valid ``kind`` name that needs no conversion; remembered (in _KNOWN_*) if so."""
+    if type(name) is not str or _name_problem(name, kind) is not None:
+        return False
+    known = _KNOWN_TAGS if kind == "tag" else _KNOWN_ATTRS
+    if kind == "attribute" and "|" in name and _NS_SEP not in name:
+        return False  # the legacy "ns|name" form, converted by the checked walk
+    if len(known) >= _KNOWN_MAX:
+        known.clear()
+    known.add(name)
+    return True
 
 
 def _start_tag(element: Element, parent_ns: str | None, out: list[str]) -> None:
     """Write ``<name attrs`` and ``/>`` or ``>``, declaring a prefix per namespaced attribute."""
-    out.append("<" + element.name)
+    start = "<" + element.name
+    attrs = element.attr.items()
+    if not attrs:  # most children (body, chat states...): one string, no loop
+        out.append(start + (">" if element.children else "/>"))
+        return
+    out.append(start)
     nsid = 0
-    for key, value in element.attr.items():
+    for key, value in attrs:
         if _NS_SEP in key:
             ns, local = key.split(_NS_SEP, 1)
             nsid += 1
-            out.append(
-                f" xmlns:ns{nsid}='{ns.translate(_ATTR_ESCAPE)}' ns{nsid}:{local}='{value.translate(_ATTR_ESCAPE)}'"
-            )
+            out.append(f" xmlns:ns{nsid}='{_escape_attr(ns)}' ns{nsid}:{local}='{_escape_attr(value)}'")
         elif not (key == "xmlns" and value == parent_ns):
-            out.append(f" {key}='{value.translate(_ATTR_ESCAPE)}'")
+            out.append(f" {key}='{_escape_attr(value)}'")
     out.append(">" if element.children else "/>")
+
+
+def _escape_text(text: str) -> str:
+    """Text content as written: util.stanza's five entities, and CR as ``&#13;`` (``_TEXT_ESCAPE``)."""
+    try:
+        if not _TEXT_SPECIAL.search(text):
+            return text
+    except TypeError:  # not a string: fail as before
+        return text.translate(_TEXT_ESCAPE)
+    # "&" first, as the others bring one in; several str.replace beat str.translate's per-character lookup.
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("'", "&apos;").replace('"', "&quot;").replace("\r", "&#13;")
+
+
+def _escape_attr(value: str) -> str:
+    """An attribute value as written: util.stanza's five entities, and TAB, LF, CR as references (``_ATTR_ESCAPE``)."""
+    try:
+        if not _ATTR_SPECIAL.search(value):
+            return value
+    except TypeError:  # not a string: fail as before
+        return value.translate(_ATTR_ESCAPE)
+    value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("'", "&apos;")
+    return value.replace('"', "&quot;").replace("\t", "&#9;").replace("\n", "&#10;").replace("\r", "&#13;")
 
 
 def _valid_utf8(value: str) -> bool:
@@ -247,17 +384,22 @@ def _check_name(value: object, kind: str, where: str, source: str) -> None:
     """util/stanza.lua's check_name for a tag or attribute name."""
     if not isinstance(value, str):
         raise StanzaError(f"invalid {kind} name at {where}: expected string, got {lua_type(value)}", source)
-    problem = None
-    if not value:
-        problem = "empty string"
-    elif _BAD_NAME_CHARS.search(value):
-        problem = "contains invalid characters"
-    elif (_CONTROL_ATTR_NAME if kind == "attribute" else _CONTROL).search(value):
-        problem = "contains control characters"
-    elif not _valid_utf8(value):
-        problem = "contains invalid UTF-8"
+    problem = _name_problem(value, kind)
     if problem:
         raise StanzaError(f"invalid {kind} name {value!r} at {where}: {problem}", source)
+
+
+def _name_problem(value: str, kind: str) -> str | None:
+    """What check_name refuses in the string ``value`` as a ``kind`` ("tag" or "attribute") name, if anything."""
+    if not value:
+        return "empty string"
+    if _BAD_NAME_CHARS.search(value):
+        return "contains invalid characters"
+    if (_CONTROL_ATTR_NAME if kind == "attribute" else _CONTROL).search(value):
+        return "contains control characters"
+    if not _valid_utf8(value):
+        return "contains invalid UTF-8"
+    return None
 
 
 def _element_from_table(table: dict[Any, Any], where: str, source: str, strict: bool) -> Element:
@@ -295,6 +437,28 @@ def _element_from_table(table: dict[Any, Any], where: str, source: str, strict: 
     return Element(name, attr)
 
 
+class _Refused(Exception):
+    """Raised by a handler for what util/xml.lua aborts on; ``parse`` makes it a StanzaError."""
+
+
+def _refuse(what: str) -> Callable[..., None]:
+    def handler(*_args: object) -> None:
+        raise _Refused(what)
+
+    return handler
+
+
+# Made once rather than per parse: they need no state, as parse adds the source.
+_REFUSALS = {
+    # Prosody aborts on these (the DOCTYPE one is what stops entity bombs and external entities).
+    "StartDoctypeDeclHandler": _refuse("a DOCTYPE declaration"),
+    "EntityDeclHandler": _refuse("an entity declaration"),
+    "ExternalEntityRefHandler": _refuse("an external entity"),
+    "CommentHandler": _refuse("a comment"),
+    "ProcessingInstructionHandler": _refuse("a processing instruction"),
+}
+
+
 class _XmlReader:
     """One parse of XML text with the handlers util/xml.lua installs, building Elements."""
 
@@ -307,32 +471,27 @@ class _XmlReader:
     def parse(self, data: bytes, text: str) -> Element:
         parser = expat.ParserCreate(namespace_separator=_NS_SEP)
         parser.ordered_attributes = True
+        # Expat hands text over in pieces (at each line end and reference); pyexpat joins them
+        # (up to buffer_size) before calling us, which saves most of the handler calls.
+        parser.buffer_text = True
         parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
         parser.StartElementHandler = self._start
         parser.EndElementHandler = self._end
         parser.CharacterDataHandler = self._chardata
         parser.XmlDeclHandler = self._xml_decl
-        # Prosody aborts on these (the DOCTYPE one is what stops entity bombs and external entities).
-        parser.StartDoctypeDeclHandler = self._refuse("a DOCTYPE declaration")
-        parser.EntityDeclHandler = self._refuse("an entity declaration")
-        parser.ExternalEntityRefHandler = self._refuse("an external entity")
-        parser.CommentHandler = self._refuse("a comment")
-        parser.ProcessingInstructionHandler = self._refuse("a processing instruction")
+        for handler, refusal in _REFUSALS.items():
+            setattr(parser, handler, refusal)
         try:
             parser.Parse(data, True)
         except expat.ExpatError as e:
             raise StanzaError(f"not well-formed XML: {_explain(e, text)}", self.source) from None
+        except _Refused as e:
+            raise StanzaError(f"XML with {e} is not accepted (Prosody's parser refuses it)", self.source) from None
         except RecursionError:  # not expected (handlers do not recurse), but never let it escape
             raise StanzaError("XML nested too deeply", self.source) from None
         if self.root is None:  # expat reports "no element found" first; kept for safety
             raise StanzaError("no element found", self.source)
         return self.root
-
-    def _refuse(self, what: str) -> Callable[..., None]:
-        def handler(*_args: object) -> None:
-            raise StanzaError(f"XML with {what} is not accepted (Prosody's parser refuses it)", self.source)
-
-        return handler
 
     def _xml_decl(self, version: str | None, encoding: str | None, standalone: int) -> None:
         if encoding is not None and encoding.upper() not in _EXPAT_ENCODINGS:
@@ -340,14 +499,15 @@ class _XmlReader:
 
     def _flush_text(self) -> None:
         # LuaExpat merges character data between two tags into one string, as does Prosody.
-        if self.chardata:
-            self.stack[-1].children.append("".join(self.chardata))
-            self.chardata = []
+        # Text is only gathered inside the root, so there is an element to take it.
+        self.stack[-1].children.append("".join(self.chardata))
+        self.chardata = []
 
     def _start(self, tagname: str, attributes: list[str]) -> None:
-        if len(self.stack) >= MAX_DEPTH:
+        stack = self.stack
+        if len(stack) >= MAX_DEPTH:
             raise StanzaError(f"XML nested deeper than {MAX_DEPTH} elements", self.source)
-        if self.stack:
+        if self.chardata:
             self._flush_text()
         ns, sep, local = tagname.partition(_NS_SEP)
         attr: dict[str, str] = {}
@@ -356,27 +516,34 @@ class _XmlReader:
             attr["xmlns"] = ns
         else:
             name = ns
-        for i in range(0, len(attributes), 2):
-            key = attributes[i]
-            ns, sep, local = key.partition(_NS_SEP)
-            if sep and ns == XML_NS:
-                key = "xml:" + local
-            elif sep and _BAD_NAME_CHARS.search(ns):
-                # util.stanza checks "<uri>\x01<local>" as a name, so Prosody's parser raises here.
-                raise StanzaError(
-                    f"namespace {ns!r} of attribute {local!r} holds a space or one of <>&'\", which Prosody refuses",
-                    self.source,
-                )
-            attr[key] = attributes[i + 1]
+        pairs = iter(attributes)
+        for key, value in zip(pairs, pairs):  # ordered_attributes: name, value, name, value...
+            if _NS_SEP in key:
+                key = self._attribute_key(key)
+            attr[key] = value
         element = Element(name, attr)
-        if self.stack:
-            self.stack[-1].children.append(element)
+        if stack:
+            stack[-1].children.append(element)
         else:
             self.root = element
-        self.stack.append(element)
+        stack.append(element)
+
+    def _attribute_key(self, key: str) -> str:
+        """Prosody's key for the namespaced attribute expat names ``"<uri>\\x01<local>"``."""
+        ns, _sep, local = key.partition(_NS_SEP)
+        if ns == XML_NS:
+            return "xml:" + local
+        if _BAD_NAME_CHARS.search(ns):
+            # util.stanza checks "<uri>\x01<local>" as a name, so Prosody's parser raises here.
+            raise StanzaError(
+                f"namespace {ns!r} of attribute {local!r} holds a space or one of <>&'\", which Prosody refuses",
+                self.source,
+            )
+        return key
 
     def _end(self, _tagname: str) -> None:
-        self._flush_text()
+        if self.chardata:
+            self._flush_text()
         self.stack.pop()
 
     def _chardata(self, data: str) -> None:

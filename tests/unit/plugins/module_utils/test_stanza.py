@@ -11,11 +11,13 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Callable
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ansible_collections.xmpp.prosody.plugins.module_utils import stanza as stanza_module
 from ansible_collections.xmpp.prosody.plugins.module_utils.luadata import BoolKey
 from ansible_collections.xmpp.prosody.plugins.module_utils.stanza import MAX_DEPTH, Element, StanzaError
 
@@ -658,3 +660,214 @@ def test_builder_and_repr() -> None:
     assert stanza != Element("iq", {"type": "set"}, stanza.children)
     assert stanza != Element("iq", {"type": "get"}, ["x"])
     assert repr(stanza) == "Element(\"<iq type='get'><query xmlns='jabber:iq:roster'>x</query></iq>\")"
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast paths against straightforward references. deserialize tries the common case first
+# (_deserialize_common) and hands anything else to the checked walk (_deserialize_checked, the
+# reference), which must then make the same stanza or raise the same error; to_xml is checked
+# against the first, plain version below (a str.translate per string).
+
+_REF_ESCAPE = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", '"': "&quot;"}
+_REF_TEXT = str.maketrans({**_REF_ESCAPE, "\r": "&#13;"})
+_REF_ATTR = str.maketrans({**_REF_ESCAPE, "\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
+
+
+def _ref_start_tag(element: Element, parent_ns: str | None, out: list[str]) -> None:
+    out.append("<" + element.name)
+    nsid = 0
+    for key, value in element.attr.items():
+        if "\x01" in key:
+            ns, local = key.split("\x01", 1)
+            nsid += 1
+            out.append(f" xmlns:ns{nsid}='{ns.translate(_REF_ATTR)}' ns{nsid}:{local}='{value.translate(_REF_ATTR)}'")
+        elif not (key == "xmlns" and value == parent_ns):
+            out.append(f" {key}='{value.translate(_REF_ATTR)}'")
+    out.append(">" if element.children else "/>")
+
+
+def reference_to_xml(root: Element) -> str:
+    """to_xml as first written: one iterator per open element, one str.translate per string."""
+    out: list[str] = []
+    _ref_start_tag(root, None, out)
+    stack = [(root, iter(root.children))] if root.children else []
+    end = object()
+    while stack:
+        element, rest = stack[-1]
+        child = next(rest, end)
+        if child is end:
+            out.append(f"</{element.name}>")
+            stack.pop()
+        elif isinstance(child, Element):
+            _ref_start_tag(child, element.attr.get("xmlns"), out)
+            if child.children:
+                stack.append((child, iter(child.children)))
+        else:
+            out.append(child.translate(_REF_TEXT))
+    return "".join(out)
+
+
+def shape(root: Element) -> list[object]:
+    """Everything about a tree, with types and attribute order (which Element's == ignores)."""
+    out: list[object] = []
+    stack: list[object] = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Element):
+            out.append((type(node.name), node.name, [(type(k), k, type(v), v) for k, v in node.attr.items()]))
+            out.append(len(node.children))
+            stack.extend(reversed(node.children))
+        else:
+            out.append((type(node), node))
+    return out
+
+
+def outcome(fn: Callable[[], object]) -> tuple[object, ...]:
+    """What fn makes (a stanza's shape, or text) or raises (type and message)."""
+    try:
+        made = fn()
+    except Exception as e:  # the point is to compare whatever is raised
+        return ("raised", type(e), str(e))
+    return ("made", shape(made) if isinstance(made, Element) else made)
+
+
+def _both_ways(table: object, strict: bool) -> tuple[tuple[object, ...], tuple[object, ...]]:
+    fast = outcome(lambda: Element.deserialize(table, "t.list item 1", strict=strict))
+    reference = outcome(lambda: stanza_module._deserialize_checked(table, "t.list item 1", strict))
+    return fast, reference
+
+
+@given(st.lists(odd_tables(), min_size=1, max_size=10), st.booleans())
+def test_deserialize_is_the_checked_walk(tables: list[dict], strict: bool) -> None:
+    """Same stanza (types and attribute order too) or same error, message included, as the reference."""
+    for table in tables:
+        fast, reference = _both_ways(table, strict)
+        assert fast == reference, table
+
+
+# Tables the common path takes, mostly: known and new names, several attributes, namespaced and
+# xml: keys, text Prosody's check_text refuses (strict refuses it, lenient carries it).
+COMMON_TEXT = texts(WS + PROSODY_CONTROL + "\x00\x01\x0b\udc80\udcff\udcc3")
+COMMON_KEYS = st.one_of(
+    names, st.just("xmlns"), st.just("xml:lang"), st.builds(lambda u, n: u + "\x01" + n, st.sampled_from(URIS), names)
+)
+COMMON_ATTRS = st.lists(st.tuples(COMMON_KEYS, COMMON_TEXT), max_size=5).map(dict)
+COMMON_STANZAS = elements(COMMON_TEXT, COMMON_ATTRS)
+
+
+@given(st.lists(COMMON_STANZAS, min_size=1, max_size=10), st.booleans())
+def test_deserialize_common_tables_as_the_checked_walk(stanzas: list[Element], strict: bool) -> None:
+    for table in (s.preserialize() for s in stanzas):
+        fast, reference = _both_ways(table, strict)
+        assert fast == reference, table
+        if not strict:  # what preserialize makes always takes the common path when lenient
+            assert stanza_module._deserialize_common(table, strict) is not None
+
+
+def test_usual_archive_items_take_the_common_path() -> None:
+    table = Element.deserialize(ARCHIVE_ITEM, "test").preserialize()
+    for strict in (True, False):
+        common = stanza_module._deserialize_common(table, strict)
+        assert common is not None
+        assert shape(common) == shape(stanza_module._deserialize_checked(table, "test", strict))
+
+
+class _Str(str):
+    """A string subclass: accepted as a string, but left to the checked walk."""
+
+
+class _Dict(dict):
+    """A table subclass: likewise."""
+
+
+SUBCLASS_AND_EDGE_TABLES = [
+    {"name": _Str("a"), "attr": {}},
+    {"name": "a", "attr": {_Str("b"): _Str("c")}, 1: _Str("t")},
+    {"name": "a", "attr": _Dict(b="c"), 1: _Dict(name="b", attr={})},
+    _Dict(name="a", attr={}),
+    {"name": "a", "attr": {"b": "c"}, 1: {"name": "b", "attr": {"x|y": "1", "x\x01y": "2", 7: "z"}}},
+    {"name": "a", "attr": {"b": "c\udcc3\udca9"}, 1: "\udcc3\udca9"},  # é as raw bytes: valid UTF-8
+    {"name": "\udcc3\udca9", "attr": {"\udcc3\udca9": "v"}},
+    {"name": "a", "attr": None},
+    {"name": "a", "attr": False},
+    {"name": {}, "attr": {}},
+    {"name": "a", "attr": {"b": "c", "d": {}}},
+    _nested_table(MAX_DEPTH),
+    _nested_table(MAX_DEPTH + 1),
+]
+
+
+@pytest.mark.parametrize("table", SUBCLASS_AND_EDGE_TABLES)
+@pytest.mark.parametrize("strict", [True, False])
+def test_deserialize_edge_cases_as_the_checked_walk(table: object, strict: bool) -> None:
+    fast, reference = _both_ways(table, strict)
+    assert fast == reference
+
+
+def test_known_names_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stanza_module, "_KNOWN_MAX", 3)
+    monkeypatch.setattr(stanza_module, "_KNOWN_TAGS", set())
+    monkeypatch.setattr(stanza_module, "_KNOWN_ATTRS", set())
+    for round_ in range(3):
+        for i in range(10):
+            table = {"name": f"t{i}", "attr": {f"a{i}": "1", f"b{round_}": "2"}, 1: {"name": "a b", "attr": {}}}
+            fast, reference = _both_ways(table, strict=False)
+            assert fast == reference
+            assert fast[0] == "raised"
+            assert Element.deserialize({"name": f"t{i}", "attr": {f"a{i}": "1"}}, "t") == Element(
+                f"t{i}", {f"a{i}": "1"}
+            )
+            assert len(stanza_module._KNOWN_TAGS) <= 3
+            assert len(stanza_module._KNOWN_ATTRS) <= 3
+    assert "a b" not in stanza_module._KNOWN_TAGS
+
+
+# For to_xml: xmlns values from a small pool, so that children often inherit their parent's.
+XMLNS_POOL = st.sampled_from(["", "jabber:client", "urn:a", "urn:a&'"])
+REF_ATTRS = st.lists(
+    st.one_of(st.tuples(COMMON_KEYS, COMMON_TEXT), st.tuples(st.just("xmlns"), XMLNS_POOL)), max_size=5
+).map(dict)
+
+
+@given(batches(elements(COMMON_TEXT, REF_ATTRS)))
+def test_to_xml_is_the_plain_version(stanzas: list[Element]) -> None:
+    for stanza in stanzas:
+        assert stanza.to_xml() == reference_to_xml(stanza)
+
+
+def _attr_set_to(attr: object) -> Element:
+    element = Element("a", {}, [Element("b")])
+    element.attr = attr  # type: ignore[assignment]  # not a stanza, on purpose
+    return element
+
+
+@pytest.mark.parametrize(
+    "element",
+    [
+        _attr_set_to([]),
+        _attr_set_to(None),
+        Element("a", {}, [_attr_set_to([])]),
+        Element("a", {"b": 1}),
+        Element("a", {"b": b"x"}),
+        Element("a", {"b": None}),
+        Element("a", {"urn:x\x01b": 1}),
+        Element("a", {1: "x"}),
+        Element("a", {}, [1]),
+        Element("a", {}, [b"x"]),
+        Element("a", {}, [Element("b", {}, [None])]),
+        Element(1),
+        Element(1, {"b": "c"}, ["x"]),
+        Element("a", {}, [Element(None)]),
+        Element("a", None, ["x", Element("b", {"c": "'"}, [_Str("<t>")])]),
+    ],
+)
+def test_to_xml_fails_as_the_plain_version_on_what_is_not_a_stanza(element: Element) -> None:
+    assert outcome(element.to_xml) == outcome(lambda: reference_to_xml(element))
+
+
+def test_from_xml_joins_text_expat_hands_over_in_pieces() -> None:
+    # Longer than pyexpat's text buffer, with line ends, references and CDATA along the way.
+    long_text = "x&amp;y\r\n" * 3000 + "<![CDATA[<z>]]>" + "é" * 20000
+    element = Element.from_xml(f"<a>{long_text}<b/>{long_text}</a>", "test")
+    expected = ("x&y\n" * 3000) + "<z>" + "é" * 20000
+    assert element.children == [expected, Element("b"), expected]
