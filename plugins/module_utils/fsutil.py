@@ -49,6 +49,26 @@ def is_temp_name(name: Path) -> bool:
     return text.startswith(TEMP_PREFIX) and text.endswith(TEMP_SUFFIX)
 
 
+def is_stale_temp(name: Path) -> bool:
+    """Whether a temporary file was left by a process that is gone (a killed run), so it may go.
+
+    The writer's process id is in the name: a live one may be a parallel worker or another run
+    writing into the same directory right now, and its file is left alone.
+    """
+    if not is_temp_name(name):
+        return False
+    pid = os.fsdecode(name)[len(TEMP_PREFIX) :].partition("-")[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, owned by another user
+        return False
+    return False
+
+
 def _temp_path(directory: Path) -> Path:
     # Short and fixed-length, whatever the destination's name: a long name must not overflow NAME_MAX.
     name = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{TEMP_SUFFIX}"

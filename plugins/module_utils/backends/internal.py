@@ -321,7 +321,8 @@ class InternalBackend(Backend):
             with os.scandir(directory) as entries:
                 for entry in sorted(entries, key=lambda e: e.name):
                     if fsutil.is_temp_name(entry.name):
-                        fsutil.remove_file(entry.path, self._deferred)
+                        if fsutil.is_stale_temp(entry.name):
+                            fsutil.remove_file(entry.path, self._deferred)
                     elif file_owner is None and entry.name.endswith((DAT, LIST)) and entry.is_file():
                         file_owner = fsutil.owner_like(entry.stat(), fsutil.FILE_MODE_MASK)
                     elif dir_owner is None and not entry.name.startswith(b".") and entry.is_dir():

@@ -739,7 +739,8 @@ class Xep0227Backend(Backend):
         with os.scandir(self.root) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
                 if fsutil.is_temp_name(entry.name):
-                    fsutil.remove_file(entry.path)
+                    if fsutil.is_stale_temp(entry.name):
+                        fsutil.remove_file(entry.path)
                 elif owner is None and entry.name.endswith(XML) and entry.is_file():
                     owner = fsutil.owner_like(entry.stat(), fsutil.FILE_MODE_MASK)
         return owner

@@ -854,3 +854,18 @@ def test_unreadable_data_is_an_error_naming_the_file(tmp_path):
     with pytest.raises(EncodeError, match="not a stanza"):
         backend.archive_write("h", "s", "v", [ArchiveItem("k", {"name": "message"}, 5)])
     assert not (tmp_path / "h" / "s" / "v.list").exists()
+
+
+def test_temporary_files_of_a_live_writer_are_left_alone(tmp_path: Any):
+    backend = InternalBackend({"path": str(tmp_path)})
+    backend.keyval_set("h", "s", "u", {"a": "b"})
+    directory = tmp_path / "h" / "s"
+    live = directory / f"{fsutil.TEMP_PREFIX}{os.getppid()}-0123456789ab{fsutil.TEMP_SUFFIX}"
+    gone = directory / f"{fsutil.TEMP_PREFIX}999999999-0123456789ab{fsutil.TEMP_SUFFIX}"
+    live.write_bytes(b"being written")
+    gone.write_bytes(b"left by a killed run")
+    fresh = InternalBackend({"path": str(tmp_path)})
+    fresh.keyval_set("h", "s", "v", {"c": "d"})
+    assert live.exists() and not gone.exists()
+    assert sorted(fresh.keyval_users("h", "s")) == ["u", "v"]
+    assert InternalBackend({"path": str(tmp_path)}).keyval_get("h", "s", "v") == {"c": "d"}

@@ -597,7 +597,7 @@ def test_modes_and_leftovers(tmp_path):
     backend.keyval_set(HOST, "accounts", "a", {"password": "x"})
     assert stat.S_IMODE(os.stat(data).st_mode) == fsutil.DEFAULT_DIR_MODE & ~_umask()
     os.chmod(data / "a@example.com.xml", 0o664)
-    leftover = data / f"{fsutil.TEMP_PREFIX}1-abc{fsutil.TEMP_SUFFIX}"
+    leftover = data / f"{fsutil.TEMP_PREFIX}999999999-abc{fsutil.TEMP_SUFFIX}"
     leftover.write_bytes(b"partial")
     other = Xep0227Backend({"path": str(data)})
     other.keyval_set(HOST, "roster", "a", ROSTER)
