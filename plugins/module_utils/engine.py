@@ -10,7 +10,9 @@ these differences:
 * it compares with the destination first (``compare.same_value``) and writes only what differs,
   so a second run writes nothing; an archive is read once per user on each side and written in
   one ``archive_write``. As an append goes to the end, the source items after the first one that
-  differs (or is out of place) are written again behind it, so the source's order is kept;
+  differs (or is out of place) are written again behind it, so the source's order is kept. A
+  store the destination holds nothing of when the run comes to it (``Backend.store_empty``, the
+  usual first run) is not read entry by entry: every entry is missing there;
 * host-level data (user None) is migrated once, never again as a user called "";
 * for a pubsub service (``pubsub_nodes-pubsub``) the items of each node, archive ``pubsub_<node>``
   held at host level, come along (Prosody's migrator looks for them under the wrong names);
@@ -110,6 +112,10 @@ class _Run:
         self._results: dict[tuple[str, str, str], StoreResult] = {}
         self._dst_is_files = dst.params.get("type") == "internal"
         self._dst_root = getattr(dst, "root", None) if self._dst_is_files else None
+        # The store being done, (host, store, kind), when the destination held nothing of it as it
+        # began (Backend.store_empty), and the last entry taken as absent there since: see _absent_in_dst.
+        self._empty: Optional[tuple[str, str, str]] = None
+        self._empty_last: Optional[str] = None
         # The users written since the last flush: (host, store, type, user, count it went into).
         self._pending: list[tuple[str, str, str, Optional[str], str]] = []
         self._pending_rows = 0
@@ -221,8 +227,15 @@ class _Run:
     def _store(self, host: str, spec: StoreSpec) -> None:
         self.counts["users_done"], self.counts["users_total"] = 0, None
         self._emit("store", host, spec.name)
+        kind = "archive" if spec.type == "archive" else "keyval"
         if self.phase == "copy":
-            self._result(host, spec.name, "archive" if spec.type == "archive" else "keyval")
+            self._result(host, spec.name, kind)
+        self._empty, self._empty_last = None, None
+        try:
+            if self.dst.store_empty(host, spec.name, kind):
+                self._empty = (host, spec.name, kind)
+        except ProsodyMigrateError:
+            pass  # unknown: each entry is read, and a failure to read it is reported there
         if spec.type == "archive":
             self._archive_store(host, spec.name)
         else:
@@ -282,11 +295,34 @@ class _Run:
         the internal backend refuses to read a missing data directory, rightly so for a source)."""
         return self._dst_root is not None and not os.path.isdir(self._dst_root)
 
+    def _absent_in_dst(self, host: str, store: str, kind: str, user: Optional[str]) -> bool:
+        """Whether the destination surely holds nothing for this entry, without reading it.
+
+        So when its store was empty as it began (the usual first run) and this run wrote nothing
+        to the entry since: the run writes each entry of a store once, in the order the source
+        lists them, host-level data first. That order is checked rather than trusted (a source
+        listing a user twice, or a user "" that SQL keeps as host-level data, ends the shortcut
+        for the rest of the store), so it needs no memory of the users written. Only the store's
+        own entries qualify: a pubsub node's items are another store, read as ever.
+        """
+        if self._empty != (host, store, kind):
+            return False
+        rank = "" if user is None else user
+        if user == "" or (self._empty_last is not None and rank <= self._empty_last):
+            self._empty = None
+            return False
+        self._empty_last = rank
+        return True
+
     def _dst_get(self, host: str, store: str, user: Optional[str]) -> Any:
-        return None if self._dst_missing() else self.dst.keyval_get(host, store, user)
+        if self._dst_missing() or self._absent_in_dst(host, store, "keyval", user):
+            return None
+        return self.dst.keyval_get(host, store, user)
 
     def _dst_items(self, host: str, store: str, user: Optional[str]) -> Iterator[ArchiveItem]:
-        return iter(()) if self._dst_missing() else self.dst.archive_items(host, store, user)
+        if self._dst_missing() or self._absent_in_dst(host, store, "archive", user):
+            return iter(())
+        return self.dst.archive_items(host, store, user)
 
     # keyval -----------------------------------------------------------------------------------
     def _keyval(self, host: str, store: str, user: Optional[str]) -> Any:

@@ -78,6 +78,13 @@ class Backend(abc.ABC):
     def archive_write(self, host: str, store: str, user: str | None, items: Iterable[ArchiveItem]) -> None:
         """Append items in one transaction; an item whose key exists replaces the old one."""
 
+    # both kinds ----------------------------------------------------------------------------
+    def store_empty(self, host: str, store: str, kind: str) -> bool:
+        """Whether the store (``kind`` "keyval" or "archive") surely holds nothing for this host,
+        no user's entry and no host-level one. False means it may hold something: the default,
+        for a backend that cannot tell cheaply; the engine then reads each entry."""
+        return False
+
     # batching ------------------------------------------------------------------------------
     def start_batch(self) -> None:  # noqa: B027 - optional: a backend may always write through
         """From now on, writes may be held back (uncommitted, or not yet fsynced) until ``flush``.

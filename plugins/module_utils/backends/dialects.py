@@ -12,11 +12,14 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..errors import ProsodyMigrateError
+
+# Rows per multi-row INSERT statement (PostgreSQL's pipelined path): well under any bind limit.
+VALUES_CHUNK = 100
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
@@ -73,6 +76,10 @@ class Dialect:
     # Prosody's MySQL and PostgreSQL columns hold integers only; SQLite keeps a float as REAL.
     keeps_float_time = False
     unique_archive_index = True
+    pipelines = False  # whether ``pipeline`` sends statements together (else it is a plain block)
+    # Whether a step's savepoint is released after it. MySQL replaces a savepoint when one of the
+    # same name is set again, so the next step's SAVEPOINT does the release without a statement of its own.
+    release_savepoints = True
 
     def __init__(self, params: Mapping[str, Any]) -> None:
         self.params = params
@@ -113,6 +120,12 @@ class Dialect:
         """Whether the driver knows the connection is lost (the server went away or killed it)."""
         return False
 
+    def pipeline(self, conn: Any) -> AbstractContextManager[Any]:
+        """A block whose statements go to the server together, their results (and the first error)
+        coming back at its end: one round trip for a few statements. Here each statement waits for
+        its own result. Inside one, ``insert_many`` may not be used, only ``insert_values``."""
+        return nullcontext()
+
     # query text ---------------------------------------------------------------------------
     def sql(self, text: str) -> str:
         return text.replace("{t}", self.text_marker).replace("{n}", self.number_marker)
@@ -124,6 +137,11 @@ class Dialect:
     def exact(self, column: str) -> str:
         """A select expression giving the column's exact text (for DISTINCT)."""
         return f'"{column}"'
+
+    def any_of(self, column: str, texts: Sequence[str]) -> tuple[str, list[Any]]:
+        """A condition matching a column exactly against any of the texts, and its bound values."""
+        marks = ", ".join(["{t}"] * len(texts))
+        return f'"{column}" IN ({marks})', [self.bind_text(t) for t in texts]
 
     # values -------------------------------------------------------------------------------
     def text_problem(self, text: str) -> Optional[str]:
@@ -169,9 +187,14 @@ class Dialect:
 
     # bulk path ----------------------------------------------------------------------------
     def insert_many(self, cur: Any, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        """Insert rows by the driver's fastest path (which may not run inside ``pipeline``)."""
         cols = ", ".join(f'"{c}"' for c in columns)
         marks = ", ".join("{n}" if c == "when" else "{t}" for c in columns)
         cur.executemany(self.sql(f'INSERT INTO "{table}" ({cols}) VALUES ({marks})'), rows)
+
+    def insert_values(self, cur: Any, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        """Insert a few rows in a way that may run inside ``pipeline``."""
+        self.insert_many(cur, table, columns, rows)
 
     def index_column(self, column: str) -> str:
         return f'"{column}"'
@@ -307,9 +330,13 @@ class PostgreSQL(Dialect):
             if self.params.get(ours) not in (None, ""):
                 kwargs[theirs] = str(self.params[ours])
         try:
-            return psycopg.connect(connect_timeout=15, **kwargs)
+            conn = psycopg.connect(connect_timeout=15, **kwargs)
         except psycopg.Error as exc:
             raise self.connect_error(exc) from None
+        # Pipeline mode needs psycopg 3.1 and libpq 14; without it, each statement waits for its result.
+        pipeline = getattr(psycopg, "Pipeline", None)
+        self.pipelines = pipeline is not None and pipeline.is_supported()
+        return conn
 
     @contextmanager
     def transaction(self, conn: Any) -> Iterator[Any]:
@@ -318,6 +345,13 @@ class PostgreSQL(Dialect):
 
     def broken(self, conn: Any) -> bool:
         return bool(conn.closed)
+
+    def pipeline(self, conn: Any) -> AbstractContextManager[Any]:
+        return conn.pipeline() if self.pipelines else nullcontext()
+
+    def any_of(self, column: str, texts: Sequence[str]) -> tuple[str, list[Any]]:
+        # One array parameter: the same statement text (prepared once) for any number of keys.
+        return f'"{column}" = ANY({{t}})', [list(texts)]
 
     def text_problem(self, text: str) -> Optional[str]:
         if "\x00" in text:
@@ -355,6 +389,15 @@ class PostgreSQL(Dialect):
             for row in rows:
                 copy.write_row(row)
 
+    def insert_values(self, cur: Any, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        # COPY cannot run in a pipeline; one multi-row INSERT per chunk can (and is one statement).
+        cols = ", ".join(f'"{c}"' for c in columns)
+        mark = "(" + ", ".join(["%s"] * len(columns)) + ")"
+        for start in range(0, len(rows), VALUES_CHUNK):
+            chunk = rows[start : start + VALUES_CHUNK]
+            marks = ", ".join([mark] * len(chunk))
+            cur.execute(f'INSERT INTO "{table}" ({cols}) VALUES {marks}', [v for row in chunk for v in row])
+
 
 class MySQL(Dialect):
     """MySQL/MariaDB through PyMySQL, in utf8mb4 with the ``_bin`` collation as Prosody sets up."""
@@ -364,6 +407,7 @@ class MySQL(Dialect):
     number_marker = "%s"
     charset = "utf8mb4"
     unique_archive_index = False  # as Prosody makes it on MySQL (its issue #1073)
+    release_savepoints = False
 
     def driver_errors(self) -> tuple[type[BaseException], ...]:
         import pymysql
@@ -418,6 +462,12 @@ class MySQL(Dialect):
 
     def exact(self, column: str) -> str:
         return f'CAST("{column}" AS BINARY)'
+
+    def any_of(self, column: str, texts: Sequence[str]) -> tuple[str, list[Any]]:
+        # As eq: the collation's test uses the index, the BINARY one keeps 'a' apart from 'a '.
+        marks = ", ".join(["%s"] * len(texts))
+        binary = ", ".join(["BINARY %s"] * len(texts))
+        return f'"{column}" IN ({marks}) AND "{column}" IN ({binary})', [*texts, *texts]
 
     def read_text(self, value: Any) -> Any:
         if isinstance(value, (bytes, bytearray)):

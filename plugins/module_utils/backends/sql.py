@@ -21,8 +21,9 @@ as Prosody resolves it against its data directory; the default name is ``prosody
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Callable, Optional
 
 from ..errors import EncodeError, ProsodyMigrateError
@@ -31,6 +32,20 @@ from .base import ArchiveItem, Backend, WritesLost
 from .dialects import ARCHIVE_COLUMNS, KEYVAL_COLUMNS, REQUIRED, Column, Dialect, SqlDatabaseError, for_params
 
 PAGE = 500  # archive rows fetched per query: bounded memory, no long-lived server cursor
+# Each entry (one user's value or archive) is written when keyval_set/archive_write is called, not
+# queued for one COPY per batch: a refused entry must fail in its own call, undone alone under its
+# savepoint, for the engine to report it as that user's failure and, without keep_going, to stop
+# there with nothing after it written; and a dropped connection must fail the entry in flight while
+# the batch's earlier entries are done again (docs/guarantees.md). A queue sent at flush would put
+# such failures on the wrong entries, or on the whole batch. What an entry costs is cut instead: no
+# read before it (replaced archive items are deleted by key), and an entry of at most PIPELINE_ROWS
+# rows goes to PostgreSQL in one round trip (savepoint, DELETE, INSERT, release pipelined); a larger
+# one goes through COPY, faster per row from about there.
+PIPELINE_ROWS = 64
+KEYS_CHUNK = 500  # archive keys per DELETE: under every driver's limit on bound values
+# The characters any dialect refuses (NUL) or binds apart (surrogates: bytes that are not UTF-8).
+# Text without them needs no text_problem and binds as it is (see SqlBackend._row).
+_SUSPECT = re.compile("[\x00\ud800-\udfff]")
 
 
 class SqlSchemaError(ProsodyMigrateError):
@@ -53,6 +68,10 @@ class SqlBackend(Backend):
         self._row_limit: Optional[int] = None
         self._batching = False
         self._batch: Any = None  # the cursor of the open batch transaction
+        self._control: Any = None  # the batch's cursor for SAVEPOINT/RELEASE, leaving the step's results alone
+        # Per table, a byte count every row within which fits the columns and the server's row
+        # limit as a whole (None: no limits at all), so that most rows need no per-column sizes.
+        self._fits: dict[str, Optional[int]] = {}
         # The writes in the open batch, to do again on a new connection when the old one drops.
         self._journal: list[Callable[[], None]] = []
         self._replaying = False
@@ -76,6 +95,7 @@ class SqlBackend(Backend):
             self._schema = {table: self.dialect.columns(cur, table) for table in sorted(present)}
             self._problems = self.dialect.upgrade_problems(cur) if len(present) == len(REQUIRED) else []
             self._row_limit = self.dialect.row_limit(cur)
+        self._fits = {}
         for table, columns in self._schema.items():
             missing = [c for c in REQUIRED[table] if c not in columns]
             if missing:
@@ -83,6 +103,10 @@ class SqlBackend(Backend):
                     f"{self.dialect.describe()}: table {table} lacks column(s) {', '.join(missing)};"
                     " it is not a Prosody 0.12 mod_storage_sql schema"
                 )
+            limits = [c.max_bytes for c in columns.values() if c.max_bytes is not None]
+            if self._row_limit is not None:
+                limits.append(self._row_limit)
+            self._fits[table] = min(limits) if limits else None
 
     def _has(self, table: str) -> bool:
         return self._schema is not None and table in self._schema
@@ -108,7 +132,7 @@ class SqlBackend(Backend):
 
     def close(self) -> None:
         """Close the connection; a batch not flushed is rolled back with it, as a kill would."""
-        self._batch, self._journal = None, []
+        self._batch, self._control, self._journal = None, None, []
         if self._conn is not None:
             try:
                 self._conn.close()
@@ -130,9 +154,10 @@ class SqlBackend(Backend):
         try:
             cur = self._conn.cursor()
             cur.execute(self.dialect.begin_sql)
+            control = self._conn.cursor()
         except self.dialect.driver_errors() as exc:
             raise SqlDatabaseError(f"{self.dialect.describe()}: {self.dialect.reason(exc)}") from exc
-        self._batch = cur
+        self._batch, self._control = cur, control
 
     def _record(self, write: Callable[[], None]) -> None:
         """Note a write done in the open batch, so that it can be done again on a new connection."""
@@ -153,7 +178,7 @@ class SqlBackend(Backend):
                 self._batch.execute("COMMIT")
             except self.dialect.driver_errors() as again:
                 self._lose(len(self._journal), again)
-        self._batch, self._journal = None, []
+        self._batch, self._control, self._journal = None, None, []
 
     def _recover(self, exc: BaseException) -> None:
         """The batch's transaction is gone: redo its writes in a new one; WritesLost if we cannot."""
@@ -186,13 +211,20 @@ class SqlBackend(Backend):
         return True
 
     @contextmanager
-    def _in_batch(self) -> Iterator[Any]:
-        """One step inside the open batch, under a savepoint: a failure undoes this step alone."""
-        cur = self._batch
+    def _in_batch(self, pipelined: bool = False) -> Iterator[Any]:
+        """One step inside the open batch, under a savepoint: a failure undoes this step alone.
+
+        Pipelined, the savepoint, the step's statements and the release go to the server together
+        (PostgreSQL: one round trip); the step's errors still come out here, before it returns, so
+        that the entry in flight is the one that fails. The step may not use ``insert_many`` then.
+        """
+        cur, control = self._batch, self._control
         try:
-            cur.execute("SAVEPOINT step")
-            yield cur
-            cur.execute("RELEASE SAVEPOINT step")
+            with self.dialect.pipeline(self._conn) if pipelined else nullcontext():
+                control.execute("SAVEPOINT step")
+                yield cur
+                if self.dialect.release_savepoints:
+                    control.execute("RELEASE SAVEPOINT step")
         except BaseException as exc:
             undone = (
                 not self.dialect.broken(self._conn)
@@ -208,21 +240,41 @@ class SqlBackend(Backend):
             raise
 
     # query helpers ----------------------------------------------------------------------------
-    def _tx(self) -> AbstractContextManager[Any]:
-        """One transaction (a savepoint in the open batch); driver errors come out as SqlDatabaseError."""
-        return self._in_batch() if self._batch is not None else self._own_tx()
+    def _tx(self, pipelined: bool = False) -> AbstractContextManager[Any]:
+        """One transaction (a savepoint in the open batch, pipelined if asked); driver errors come
+        out as SqlDatabaseError."""
+        return self._in_batch(pipelined) if self._batch is not None else self._own_tx()
 
-    @contextmanager
-    def _own_tx(self) -> Iterator[Any]:
+    def _connection(self) -> Any:
+        """The connection, new when there is none or the old one is lost (outside a batch only)."""
         if self._conn is None or self.dialect.broken(self._conn):
             # The server dropped the connection during an earlier query (that one failed): a new
             # one lets the rest of a keep_going run through instead of failing every entry after.
             # (None: closed after a lost batch.)
             self.close()
             self._conn = self.dialect.connect(False)
+        return self._conn
+
+    @contextmanager
+    def _own_tx(self) -> Iterator[Any]:
+        conn = self._connection()
         try:
-            with self.dialect.transaction(self._conn) as cur:
+            with self.dialect.transaction(conn) as cur:
                 yield cur
+        except self.dialect.driver_errors() as exc:
+            raise SqlDatabaseError(f"{self.dialect.describe()}: {self.dialect.reason(exc)}") from exc
+
+    def _read(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """One query outside a batch, without BEGIN/COMMIT around it: the connection is in
+        autocommit mode, where a lone statement is a transaction of its own."""
+        conn = self._connection()
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute(query, params)
+                return cur.fetchall()
+            finally:
+                cur.close()
         except self.dialect.driver_errors() as exc:
             raise SqlDatabaseError(f"{self.dialect.describe()}: {self.dialect.reason(exc)}") from exc
 
@@ -235,9 +287,19 @@ class SqlBackend(Backend):
         return " AND ".join(parts), params
 
     def _select(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        with self._tx() as cur:
-            cur.execute(self.dialect.sql(query), params)
-            return [tuple(self.dialect.read_text(v) for v in row) for row in cur.fetchall()]
+        query = self.dialect.sql(query)
+        if self._batch is None:
+            rows = self._read(query, params)
+        else:
+            pipelined = self.dialect.pipelines
+            with self._in_batch(pipelined) as cur:
+                cur.execute(query, params)
+                # Pipelined, the rows come back with the release, at the end of the block (they
+                # stay on this cursor: the savepoint statements run on another).
+                rows = None if pipelined else cur.fetchall()
+            if rows is None:
+                rows = cur.fetchall()
+        return [tuple(self.dialect.read_text(v) for v in row) for row in rows]
 
     def _distinct(self, column: str, table: str, **pairs: str) -> list[str]:
         if not self._has(table):
@@ -277,6 +339,28 @@ class SqlBackend(Backend):
     def _bind_row(self, row: dict[str, Any], columns: Sequence[str]) -> tuple[Any, ...]:
         return tuple(self.dialect.bind_text(row[c]) if isinstance(row[c], str) else row[c] for c in columns)
 
+    def _suspect(self, table: str, text: str) -> bool:
+        """Whether text (a row's strings joined) needs ``_check``: it holds a character a dialect
+        refuses or binds apart, or is long enough that a column or the row might not fit. Text
+        that does not is fine for every check there, and binds as it is."""
+        if _SUSPECT.search(text) is not None:
+            return True
+        limit = self._fits.get(table, self._row_limit)  # a table not created yet: the server's limit
+        return limit is not None and (len(text) if text.isascii() else len(text.encode("utf-8"))) > limit
+
+    def _row(
+        self, host: str, store: str, user: Optional[str], table: str, columns: Sequence[str], values: tuple[Any, ...]
+    ) -> tuple[Any, ...]:
+        """The row (values in ``columns`` order) as bound for the driver; SqlEncodeError as ``_check``.
+
+        One pass over the whole row's text, instead of ``_check``'s per column, clears the usual row;
+        only a suspect one goes through ``_check`` (which names the column and the reason) and binding."""
+        if not self._suspect(table, "".join([v for v in values if isinstance(v, str)])):
+            return values
+        row = dict(zip(columns, values))
+        self._check(host, store, user, table, row)
+        return self._bind_row(row, columns)
+
     # keyval --------------------------------------------------------------------------------
     def keyval_users(self, host: str, store: str) -> Iterator[str]:
         users = self._distinct("user", "prosody", host=host, store=store)
@@ -293,7 +377,7 @@ class SqlBackend(Backend):
 
     def keyval_set(self, host: str, store: str, user: Optional[str], value: Any) -> None:
         self._writable()
-        base = {"host": host, "user": user or "", "store": store}
+        base = (host, user or "", store)
         rows = []
         if value is not None:  # an empty table gives no rows: removed, as in Prosody
             try:
@@ -301,19 +385,20 @@ class SqlBackend(Backend):
             except ProsodyMigrateError as exc:
                 raise SqlEncodeError(f"cannot store host {host!r}, store {store!r}, user {user!r}: {exc}") from exc
             for key, type_, text in encoded:
-                row = {**base, "key": key, "type": type_, "value": text}
-                self._check(host, store, user, "prosody", row)
-                rows.append(self._bind_row(row, KEYVAL_COLUMNS))
-        for name, text in base.items():
-            self._check(host, store, user, "prosody", {name: text})
-        where, params = self._where(**base)
+                rows.append(self._row(host, store, user, "prosody", KEYVAL_COLUMNS, (*base, key, type_, text)))
+        if self._suspect("prosody", "".join(base)):
+            for name, text in zip(KEYVAL_COLUMNS, base):
+                self._check(host, store, user, "prosody", {name: text})
+        where, params = self._where(host=base[0], user=base[1], store=base[2])
         delete = self.dialect.sql(f'DELETE FROM "prosody" WHERE {where}')
+        pipelined = len(rows) <= PIPELINE_ROWS
+        insert = self.dialect.insert_values if pipelined else self.dialect.insert_many
 
         def write() -> None:
-            with self._tx() as cur:
+            with self._tx(pipelined) as cur:
                 cur.execute(delete, params)
                 if rows:
-                    self.dialect.insert_many(cur, "prosody", KEYVAL_COLUMNS, rows)
+                    insert(cur, "prosody", KEYVAL_COLUMNS, rows)
             self._record(write)
 
         self._join_batch()
@@ -353,7 +438,9 @@ class SqlBackend(Backend):
         self, host: str, store: str, user: Optional[str], items: Iterable[ArchiveItem]
     ) -> dict[str, str]:
         # Host, user and store are in every row: when they cannot be stored, the whole archive fails.
-        self._check(host, store, user, "prosodyarchive", {"host": host, "user": user or "", "store": store})
+        base = (host, user or "", store)
+        if self._suspect("prosodyarchive", "".join(base)):
+            self._check(host, store, user, "prosodyarchive", dict(zip(("host", "user", "store"), base)))
         problems = {}
         encoded: dict[int, tuple[ArchiveItem, tuple[Any, ...]]] = {}
         for item in items:
@@ -384,16 +471,20 @@ class SqlBackend(Backend):
         if not rows:
             return
         base, params = self._where(host=host, user=user or "", store=store)
-        key_cond, times = self.dialect.eq("key")
-        delete = self.dialect.sql(f'DELETE FROM "prosodyarchive" WHERE {base} AND {key_cond}')
+        # The items replaced: deleted by key, without reading first which of the keys are there.
+        keys = list(latest)
+        deletes = []
+        for start in range(0, len(keys), KEYS_CHUNK):
+            condition, bound = self.dialect.any_of("key", keys[start : start + KEYS_CHUNK])
+            deletes.append((self.dialect.sql(f'DELETE FROM "prosodyarchive" WHERE {base} AND {condition}'), bound))
+        pipelined = len(rows) <= PIPELINE_ROWS
+        insert = self.dialect.insert_values if pipelined else self.dialect.insert_many
 
         def write() -> None:
-            existing = set(self.archive_keys(host, store, user)) & set(latest)
-            with self._tx() as cur:
-                if existing:
-                    bound = [[*params, *[self.dialect.bind_text(k)] * times] for k in sorted(existing)]
-                    cur.executemany(delete, bound)
-                self.dialect.insert_many(cur, "prosodyarchive", ARCHIVE_COLUMNS, rows)
+            with self._tx(pipelined) as cur:
+                for delete, bound in deletes:
+                    cur.execute(delete, [*params, *bound])
+                insert(cur, "prosodyarchive", ARCHIVE_COLUMNS, rows)
             self._record(write)
 
         self._join_batch()
@@ -407,18 +498,9 @@ class SqlBackend(Backend):
                 f"cannot store host {host!r}, store {store!r}, user {user!r}, item {item.key!r} in "
                 f"{self.dialect.describe()}: {exc}"
             ) from exc
-        row = {
-            "host": host,
-            "user": user or "",
-            "store": store,
-            "when": self._when(host, store, user, item),
-            "with": item.with_ or "",
-            "key": item.key,
-            "type": type_,
-            "value": text,
-        }
-        self._check(host, store, user, "prosodyarchive", row)
-        return self._bind_row(row, ARCHIVE_COLUMNS)
+        when = self._when(host, store, user, item)
+        values = (host, user or "", store, when, item.with_ or "", item.key, type_, text)
+        return self._row(host, store, user, "prosodyarchive", ARCHIVE_COLUMNS, values)
 
     def _when(self, host: str, store: str, user: Optional[str], item: ArchiveItem) -> int | float:
         """The time as the column takes it: an integer, or a float where SQLite keeps REAL."""
@@ -445,6 +527,15 @@ class SqlBackend(Backend):
                 f"item {item.key!r}: time {when!r} {problem}"
             )
         return when
+
+    # both kinds ------------------------------------------------------------------------------
+    def store_empty(self, host: str, store: str, kind: str) -> bool:
+        # Keyval and map stores share the prosody table; "" (host-level data) is a user like any other.
+        table = "prosodyarchive" if kind == "archive" else "prosody"
+        if not self._has(table):
+            return True
+        where, params = self._where(host=host, store=store)
+        return not self._select(f'SELECT 1 FROM "{table}" WHERE {where} LIMIT 1', params)
 
     # discovery -------------------------------------------------------------------------------
     def hosts(self) -> Iterator[str]:

@@ -1,0 +1,180 @@
+# Copyright: (c) 2026, xmpp.prosody contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The sql backend's cheaper paths against the real servers: store_empty, entries written in one
+round trip inside a batch (a refused one still undone alone), and the one-pass row check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ansible_collections.xmpp.prosody.plugins.module_utils.backends.base import ArchiveItem
+from ansible_collections.xmpp.prosody.plugins.module_utils.backends.dialects import (
+    ARCHIVE_COLUMNS,
+    KEYVAL_COLUMNS,
+    SqlDatabaseError,
+)
+from ansible_collections.xmpp.prosody.plugins.module_utils.backends.sql import PIPELINE_ROWS, SqlBackend, SqlEncodeError
+from ansible_collections.xmpp.prosody.plugins.module_utils.stanza import Element
+
+HOST, OTHER = "example.org", "other.example"
+
+
+def message(key: str, text: str) -> ArchiveItem:
+    stanza = Element("message", {"id": key})
+    stanza.tag("body").text(text)
+    return ArchiveItem(key, stanza, 1700000000, "peer@example.net")
+
+
+def item_keys(backend: SqlBackend, store: str, user: str) -> list[tuple[str, Any]]:
+    return [(i.key, i.value.to_xml()) for i in backend.archive_items(HOST, store, user)]
+
+
+# store_empty -----------------------------------------------------------------------------------
+def test_store_empty_is_per_host_store_and_kind(sql_params: dict[str, Any]) -> None:
+    with SqlBackend(sql_params) as backend:
+        assert backend.store_empty(HOST, "s", "keyval") and backend.store_empty(HOST, "s", "archive")
+        assert backend.schema_problems() == [] and not backend._has("prosody")  # asking created nothing
+        backend.keyval_set(HOST, "s", None, {"host": "level"})
+        backend.keyval_set(HOST, "pad ", "u", {"a": 1})
+        backend.archive_write(HOST, "a", "u", [message("k", "hi")])
+        assert not backend.store_empty(HOST, "s", "keyval")  # host-level data is data
+        assert backend.store_empty(HOST, "s", "archive")
+        assert backend.store_empty(OTHER, "s", "keyval") and backend.store_empty(HOST, "t", "keyval")
+        assert backend.store_empty(HOST, "pad", "keyval")  # not the same store as "pad ", even on MySQL
+        assert not backend.store_empty(HOST, "pad ", "keyval")
+        assert not backend.store_empty(HOST, "a", "archive") and backend.store_empty(HOST, "a", "keyval")
+        backend.keyval_set(HOST, "s", None, None)
+        assert backend.store_empty(HOST, "s", "keyval")
+        # Inside a batch, the batch's own writes count before they are committed.
+        backend.start_batch()
+        backend.keyval_set(HOST, "new", "u", {"a": 1})
+        assert not backend.store_empty(HOST, "new", "keyval")
+        backend.flush()
+    with SqlBackend(sql_params) as backend:
+        assert backend.keyval_get(HOST, "new", "u") == {"a": 1}
+
+
+# entries in a batch ------------------------------------------------------------------------------
+TRIGGERS = {
+    "SQLite3": [
+        f"CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} WHEN NEW.user = 'bad' "
+        "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        for table in ("prosody", "prosodyarchive")
+    ],
+    "PostgreSQL": [
+        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN IF NEW.\"user\" = 'bad' THEN "
+        "RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+        *(
+            f'CREATE TRIGGER refuse BEFORE INSERT ON "{table}" FOR EACH ROW EXECUTE FUNCTION refuse()'
+            for table in ("prosody", "prosodyarchive")
+        ),
+    ],
+    "MySQL": [
+        f'CREATE TRIGGER refuse_{table} BEFORE INSERT ON "{table}" FOR EACH ROW BEGIN IF NEW."user" = \'bad\' '
+        "THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by the test'; END IF; END"
+        for table in ("prosody", "prosodyarchive")
+    ],
+}
+
+
+def _execute(backend: SqlBackend, statement: str) -> None:
+    cur = backend._conn.cursor()
+    try:
+        cur.execute(statement)
+    finally:
+        cur.close()
+
+
+def test_a_refused_entry_is_undone_alone_in_its_batch(sql_params: dict[str, Any]) -> None:
+    # Small entries go to the server in one round trip (PostgreSQL's pipeline), large ones by
+    # COPY; either way the server's refusal comes out of the entry's own call, which is undone
+    # alone: the entries around it in the batch are stored, the refused user keeps its old data.
+    big_value = {f"contact{i}@example.net": {"name": str(i), "groups": {}} for i in range(PIPELINE_ROWS + 10)}
+    big_archive = [message(f"m{i}", str(i)) for i in range(PIPELINE_ROWS * 3)]
+    with SqlBackend(sql_params) as backend:
+        backend.keyval_set(HOST, "s", "bad", {"old": "kept"})
+        backend.archive_write(HOST, "a", "bad", [message("old1", "kept")])
+        old_archive = item_keys(backend, "a", "bad")
+        for statement in TRIGGERS[sql_params["driver"]]:
+            _execute(backend, statement)
+        backend.start_batch()
+        backend.keyval_set(HOST, "s", "a", {"x": "1"})
+        for refused in (
+            lambda: backend.keyval_set(HOST, "s", "bad", {"x": "2"}),
+            lambda: backend.keyval_set(HOST, "s", "bad", big_value),
+            lambda: backend.archive_write(HOST, "a", "bad", [message("old1", "new"), message("n", "new")]),
+            lambda: backend.archive_write(HOST, "a", "bad", big_archive),
+        ):
+            with pytest.raises(SqlDatabaseError, match="refused by the test"):
+                refused()
+            assert backend.keyval_get(HOST, "s", "a") == {"x": "1"}  # read in the batch, after the refusal
+        backend.keyval_set(HOST, "s", "c", big_value)
+        backend.archive_write(HOST, "a", "a", [message("k1", "1"), message("k2", "2")])
+        backend.archive_write(HOST, "a", "c", big_archive)
+        backend.archive_write(HOST, "a", "a", [message("k1", "one"), message("k3", "3")])  # k1 replaced
+        backend.flush()
+    with SqlBackend(sql_params) as backend:
+        assert backend.keyval_get(HOST, "s", "a") == {"x": "1"}
+        assert backend.keyval_get(HOST, "s", "c") == big_value
+        assert backend.keyval_get(HOST, "s", "bad") == {"old": "kept"}
+        assert item_keys(backend, "a", "bad") == old_archive
+        assert [key for key, _xml in item_keys(backend, "a", "a")] == ["k2", "k1", "k3"]
+        assert "one" in dict(item_keys(backend, "a", "a"))["k1"]
+        assert [key for key, _xml in item_keys(backend, "a", "c")] == [i.key for i in big_archive]
+        assert sorted(backend.keyval_users(HOST, "s")) == ["a", "bad", "c"]
+
+
+# the row check ---------------------------------------------------------------------------------
+# Plain and multi-byte text, NUL, and bytes that are not UTF-8 (as the file store's reader gives them).
+TEXT = st.text(alphabet=st.sampled_from(["a", "Z", " ", "é", "€", "\U0001d11e", "\x00", "\udce9", "\udcff"]))
+
+
+def _outcome(call: Any) -> tuple[str, Any]:
+    try:
+        return "row", call()
+    except SqlEncodeError as exc:
+        return "refused", str(exc)
+
+
+def _assert_fast_check_is_the_full_check(
+    backend: SqlBackend, table: str, columns: tuple[str, ...], longest: int = 40
+) -> None:
+    @given(st.lists(TEXT.filter(lambda t: len(t) < longest), min_size=len(columns), max_size=len(columns)))
+    def same(texts: list[str]) -> None:
+        values = tuple(1700000000 if column == "when" else text for column, text in zip(columns, texts))
+        row = dict(zip(columns, values))
+
+        def full() -> tuple[Any, ...]:
+            backend._check(HOST, "s", "u", table, row)
+            return backend._bind_row(row, columns)
+
+        assert _outcome(lambda: backend._row(HOST, "s", "u", table, columns, values)) == _outcome(full)
+
+    same()
+
+
+def test_the_one_pass_row_check_refuses_and_binds_as_the_full_one(sql_params: dict[str, Any]) -> None:
+    with SqlBackend(sql_params) as backend:
+        backend.keyval_set(HOST, "s", "u", {"a": 1})
+        backend.archive_write(HOST, "a", "u", [message("k", "hi")])
+        _assert_fast_check_is_the_full_check(backend, "prosody", KEYVAL_COLUMNS)
+        _assert_fast_check_is_the_full_check(backend, "prosodyarchive", ARCHIVE_COLUMNS)
+
+
+def test_the_one_pass_row_check_with_narrow_mysql_columns(mysql_params: dict[str, Any]) -> None:
+    # TINYTEXT columns (255 bytes): rows near and past the limit take the full check, others do not.
+    with SqlBackend(mysql_params) as backend:
+        columns = ", ".join(f'"{c}" TINYTEXT NOT NULL' for c in KEYVAL_COLUMNS)
+        _execute(backend, f'CREATE TABLE "prosody" ({columns}) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin')
+    with SqlBackend(mysql_params) as backend:
+        assert backend._fits["prosody"] == 255
+        _assert_fast_check_is_the_full_check(backend, "prosody", KEYVAL_COLUMNS, longest=80)
+        with pytest.raises(SqlEncodeError, match=r"the key 'kkk.* is 256 bytes, more than the 255 its tinytext"):
+            backend.keyval_set(HOST, "s", "u", {"k" * 256: "v"})
+        value = {"k" * 255: "€" * 85, "é" * 127: "v"}  # each text at most 255 bytes, 765 in the row
+        backend.keyval_set(HOST, "s", "u", value)
+        assert backend.keyval_get(HOST, "s", "u") == value
