@@ -23,6 +23,7 @@ from .backends.dialects import SqlConfigError
 from .config import DEFAULT_CONFIG, load_config
 from .engine import Options, run_migration
 from .errors import ProsodyMigrateError
+from .parallel import MAX_JOBS, default_jobs
 from .plan import ConfigError
 from .report import Failure, ProgressEvent, Report, Scrubber, StoreResult, find_secrets
 
@@ -82,7 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout, nothing else")
     parser.add_argument("--hosts", metavar="LIST", type=_name_list, help="only these hosts (comma-separated)")
     parser.add_argument("--stores", metavar="LIST", type=_name_list, help="only these stores (comma-separated)")
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        metavar="N",
+        type=_jobs,
+        help=f"worker processes sharing the users (default: one per core, at most {MAX_JOBS}; 1: no workers)",
+    )
     return parser
+
+
+def _jobs(text: str) -> int:
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"not a number of processes (1 or more): {text!r}")
+    return jobs
 
 
 def _name_list(text: str) -> list[str]:
@@ -131,6 +149,7 @@ def _run(args: argparse.Namespace, out: _Console) -> int:
         hosts=args.hosts,
         stores=args.stores,
         progress=_Events(progress),
+        jobs=args.jobs or default_jobs(),
     )
     try:
         report = run_migration(source, dest, options)

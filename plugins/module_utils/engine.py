@@ -47,10 +47,13 @@ from __future__ import annotations
 import operator
 import os
 import time
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from . import parallel
 from .backends import backend_params, open_backend
 from .backends.base import ArchiveItem, Backend, WritesLost
 from .compare import same_item, same_value
@@ -74,7 +77,8 @@ BATCH_SECONDS = 2.0
 class Options:
     """How to run: ``check`` writes nothing, ``diff`` records what changes, ``verify`` reads the
     destination back, ``keep_going`` records failures and goes on, ``hosts``/``stores`` narrow
-    the plan, ``progress`` is called with each ProgressEvent."""
+    the plan, ``progress`` is called with each ProgressEvent, ``jobs`` > 1 splits the users over
+    that many worker processes (parallel.py)."""
 
     check: bool = False
     diff: bool = False
@@ -83,6 +87,13 @@ class Options:
     hosts: Optional[Sequence[str]] = None
     stores: Optional[Sequence[str]] = None
     progress: Optional[Callable[[ProgressEvent], None]] = None
+    # Worker processes sharing the users (parallel.py); a diff is always recorded by one process.
+    jobs: int = 1
+    # Set in a worker: (index, count) takes only the users whose name hashes to index (index 0
+    # also the host-level data), and ``stop``, an Event shared by the workers, ends the run at the
+    # next user once set (any worker's first failure sets it, keep_going being off).
+    partition: Optional[tuple[int, int]] = None
+    stop: Optional[Any] = None
 
 
 class _Stop(Exception):
@@ -255,15 +266,31 @@ class _Run:
             user = self._guard(host, store, None, "store", type_, lambda: next(users, StopIteration))
             if user is None or user is StopIteration:
                 return
+            if self.options.stop is not None and self.options.stop.is_set():
+                raise _Stop  # another worker failed
+            if not self._mine(user):
+                continue
             yield user
             self.counts["users_done"] += 1
             self._emit("user", host, store, user)
 
+    def _mine(self, user: str) -> bool:
+        """Whether this run takes the user: always, unless it is one worker of several."""
+        if self.options.partition is None:
+            return True
+        index, count = self.options.partition
+        return zlib.crc32(user.encode("utf-8", "surrogateescape")) % count == index
+
+    def _host_level(self) -> bool:
+        """Whether this run takes the host-level data (one worker of several: the first)."""
+        return self.options.partition is None or self.options.partition[0] == 0
+
     def _keyval_store(self, host: str, store: str, pubsub: bool) -> None:
         service = pubsub and store == PUBSUB_SERVICE_STORE
-        value = self._guard(host, store, None, "host", "keyval", lambda: self._keyval(host, store, None))
-        if pubsub and not service:
-            self._node_items(host, store + "_", _node_names(value), None)
+        if self._host_level():
+            value = self._guard(host, store, None, "host", "keyval", lambda: self._keyval(host, store, None))
+            if pubsub and not service:
+                self._node_items(host, store + "_", _node_names(value), None)
         for user in self._users(host, store, "keyval", lambda: self.src.keyval_users(host, store)):
             value = self._guard(host, store, user, "user", "keyval", lambda u=user: self._keyval(host, store, u))
             if service:
@@ -286,7 +313,8 @@ class _Run:
             )
 
     def _archive_store(self, host: str, store: str) -> None:
-        self._guard(host, store, None, "host", "archive", lambda: self._archive(host, store, None))
+        if self._host_level():
+            self._guard(host, store, None, "host", "archive", lambda: self._archive(host, store, None))
         for user in self._users(host, store, "archive", lambda: self.src.archive_users(host, store)):
             self._guard(host, store, user, "user", "archive", lambda u=user: self._archive(host, store, u))
 
@@ -506,29 +534,26 @@ def _collect_warnings(report: Report, scrub: Scrubber, *backends: Optional[Backe
             report.warn(scrub(str(message)))
 
 
-def run_migration(
-    source: Mapping[str, Any], destination: Mapping[str, Any], options: Optional[Options] = None
-) -> Report:
-    """Migrate what the source definition's plan names into the destination; see the module notes."""
-    options = options or Options()
+def _new_report(source: Mapping[str, Any], destination: Mapping[str, Any], options: Options) -> tuple[Report, Scrubber]:
     report = Report(check=options.check, diff_enabled=options.diff)
     scrub = Scrubber()
     for definition in (source, destination):
         scrub.add(backend_params(definition).get("password"))
+    return report, scrub
+
+
+@contextmanager
+def _opened(
+    source: Mapping[str, Any], destination: Mapping[str, Any], options: Options, report: Report, scrub: Scrubber
+) -> Iterator[tuple[Backend, Backend, Plan]]:
+    """Both stores open and the plan built; on the way out, their warnings collected and both closed."""
     src = dst = None
     try:
         src = open_backend(source)
         dst = open_backend(destination)
         plan = build_plan(backend_params(source), src, options.hosts, options.stores)
         report.discovered = plan.discovered
-        run = _Run(src, dst, plan, options, report, scrub)
-        try:
-            run.run("copy")
-            if options.verify:
-                run.run("verify")
-                report.verified = not report.mismatches
-        except _Stop:
-            report.stopped = True
+        yield src, dst, plan
     finally:
         _collect_warnings(report, scrub, src, dst)
         for backend in (dst, src):
@@ -537,5 +562,38 @@ def run_migration(
                     backend.close()
                 except ProsodyMigrateError as exc:  # the run's own flush reported it already
                     report.warn(scrub(str(exc)))
+
+
+def _planned(source: Mapping[str, Any], destination: Mapping[str, Any], options: Options) -> Report:
+    """The report a parallel run starts from: both stores opened (a bad one raises) and planned."""
+    report, scrub = _new_report(source, destination, options)
+    with _opened(source, destination, options, report, scrub) as (_src, dst, _plan):
+        if not options.check:
+            try:
+                dst.prepare_writes()
+            except ProsodyMigrateError:
+                pass  # each worker's writes meet the same error, and report it per entry as one process does
+    return report
+
+
+def run_migration(
+    source: Mapping[str, Any], destination: Mapping[str, Any], options: Optional[Options] = None
+) -> Report:
+    """Migrate what the source definition's plan names into the destination; see the module notes."""
+    options = options or Options()
+    if options.jobs > 1 and options.partition is None and not options.diff:
+        return parallel.run(source, destination, options, options.jobs, run_migration, _planned)
+    report, scrub = _new_report(source, destination, options)
+    with _opened(source, destination, options, report, scrub) as (src, dst, plan):
+        run = _Run(src, dst, plan, options, report, scrub)
+        try:
+            run.run("copy")
+            if options.verify:
+                run.run("verify")
+                report.verified = not report.mismatches
+        except _Stop:
+            report.stopped = True
+            if options.stop is not None:
+                options.stop.set()  # the other workers stop at their next user
     report.failed = bool(report.failures) or report.verified is False
     return report

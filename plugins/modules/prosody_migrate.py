@@ -180,6 +180,13 @@ options:
       - In check mode the destination is compared as it is.
     type: bool
     default: false
+  jobs:
+    description:
+      - How many worker processes share the users of each store, each with its own connection to the databases.
+      - When not given, one per CPU core of the managed host, at most 4.
+      - V(1) runs everything in the module's own process. With diff mode the run always uses one process, so
+        that the diff lists the changes in order.
+    type: int
 notes:
   - Stop Prosody, or at least keep it from writing to the source, while the data is migrated.
   - The module runs on the managed host; the paths and database servers are as that host sees them.
@@ -426,6 +433,7 @@ from ansible_collections.xmpp.prosody.plugins.module_utils.backends import xep02
 from ansible_collections.xmpp.prosody.plugins.module_utils.config import load_config, store_definition
 from ansible_collections.xmpp.prosody.plugins.module_utils.engine import Options, run_migration
 from ansible_collections.xmpp.prosody.plugins.module_utils.errors import ProsodyMigrateError
+from ansible_collections.xmpp.prosody.plugins.module_utils.parallel import default_jobs
 from ansible_collections.xmpp.prosody.plugins.module_utils.plan import ConfigError
 from ansible_collections.xmpp.prosody.plugins.module_utils.report import Report, Scrubber, find_secrets
 
@@ -476,6 +484,7 @@ def argument_spec() -> dict[str, Any]:
         "stores": {"type": "list", "elements": "str"},
         "keep_going": {"type": "bool", "default": False},
         "verify": {"type": "bool", "default": False},
+        "jobs": {"type": "int"},
     }
 
 
@@ -668,7 +677,11 @@ def run_module(module: AnsibleModule) -> None:
         keep_going=params["keep_going"],
         hosts=params["hosts"] or None,
         stores=params["stores"] or None,
+        jobs=params["jobs"] or default_jobs(),
     )
+    if params["jobs"] is not None and params["jobs"] < 1:
+        fail(f"jobs must be 1 or more, not {params['jobs']}")
+        return
     try:
         report = run_migration(source, destination, options)
     except ProsodyMigrateError as exc:

@@ -86,6 +86,10 @@ class Backend(abc.ABC):
         return False
 
     # batching ------------------------------------------------------------------------------
+    def prepare_writes(self) -> None:  # noqa: B027 - optional: most backends need nothing
+        """Create what writing needs (a SQL schema's tables) ahead of time, so that parallel
+        writers do not race to create it."""
+
     def start_batch(self) -> None:  # noqa: B027 - optional: a backend may always write through
         """From now on, writes may be held back (uncommitted, or not yet fsynced) until ``flush``.
 

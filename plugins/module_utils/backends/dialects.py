@@ -436,6 +436,10 @@ class MySQL(Dialect):
                     "'ANSI_QUOTES', 'STRICT_ALL_TABLES')"
                 )
                 cur.execute(f"SET NAMES '{self.charset}' COLLATE '{self.charset}_bin'")
+                # Parallel workers delete and insert rows of different users side by side; InnoDB's
+                # default (REPEATABLE READ) locks the gaps between index entries for those deletes,
+                # and two workers' gap locks deadlock. Each entry's own rows are all it reads.
+                cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
         except pymysql.Error as exc:
             raise self.connect_error(exc) from None
         return conn

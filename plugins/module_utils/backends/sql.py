@@ -126,6 +126,9 @@ class SqlBackend(Backend):
                 f"`prosodyctl mod_storage_sql upgrade` is run: {'; '.join(self._problems)}"
             )
 
+    def prepare_writes(self) -> None:
+        self._writable()
+
     def schema_problems(self) -> list[str]:
         """Why Prosody would refuse the existing schema (empty when it is current or absent)."""
         return list(self._problems)
