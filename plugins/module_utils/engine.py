@@ -49,7 +49,7 @@ import os
 import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -569,10 +569,9 @@ def _planned(source: Mapping[str, Any], destination: Mapping[str, Any], options:
     report, scrub = _new_report(source, destination, options)
     with _opened(source, destination, options, report, scrub) as (_src, dst, _plan):
         if not options.check:
-            try:
+            # On failure, each worker's writes meet the same error and report it per entry, as one process does.
+            with suppress(ProsodyMigrateError):
                 dst.prepare_writes()
-            except ProsodyMigrateError:
-                pass  # each worker's writes meet the same error, and report it per entry as one process does
     return report
 
 
