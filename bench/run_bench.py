@@ -387,6 +387,9 @@ class Bench:
         if self.args.skip_real:
             res.real_note = "skipped (--skip-real)"
             return
+        if self.args.real_directions is not None and res.direction not in self.args.real_directions:
+            res.real_note = "skipped (not in --real-directions)"
+            return
         if dst_kind != "files" and kind_of(source) != "files":
             # Prosody 0.12's migrator loads mod_storage_sql once per host, with the first sql
             # settings it sees: a sql→sql run reads and writes the source database (tried: it
@@ -489,6 +492,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument(
         "--directions", help="comma-separated labels (default all): " + ", ".join(d[0] for d in DIRECTIONS)
     )
+    parser.add_argument("--real-directions", help="run the real migrator only for these directions (default all)")
     parser.add_argument("--real-budget", type=float, default=900, help="skip a real run predicted longer (0: never)")
     parser.add_argument("--workdir", help="where corpora and stores go (default a new temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -497,6 +501,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if any(s not in SIZES for s in sizes):
         parser.error(f"--sizes: choose from {', '.join(SIZES)}")
     args.directions = args.directions.split(",") if args.directions else None
+    args.real_directions = args.real_directions.split(",") if args.real_directions else None
     workdir = args.workdir or tempfile.mkdtemp(prefix="prosody-bench-", dir="/var/tmp")
     os.makedirs(workdir, exist_ok=True)
     os.chmod(workdir, 0o755)
