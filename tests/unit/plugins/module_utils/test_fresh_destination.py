@@ -6,7 +6,6 @@ source, with exact counts, on every SQL server."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,18 +15,17 @@ from ansible_collections.xmpp.prosody.plugins.module_utils.backends import open_
 from ansible_collections.xmpp.prosody.plugins.module_utils.backends.internal import InternalBackend
 from ansible_collections.xmpp.prosody.plugins.module_utils.backends.sql import SqlBackend
 from ansible_collections.xmpp.prosody.plugins.module_utils.report import Report
+from ansible_collections.xmpp.prosody.tests.unit.plugins.module_utils import test_engine as engine_tests
 from ansible_collections.xmpp.prosody.tests.unit.plugins.module_utils.backends.dbfixtures import (
     DRIVERS,
     fresh_database,
 )
 from ansible_collections.xmpp.prosody.tests.unit.plugins.module_utils.test_engine import (
     HOST,
-    HOSTS,
     MUC,
     NODE,
     PEP_NODE,
     assert_same_data,
-    make_corpus,
     migrate,
     sql_definition,
 )
@@ -36,16 +34,8 @@ from ansible_collections.xmpp.prosody.tests.unit.plugins.module_utils.test_engin
 NODE_READS = {("pubsub_" + NODE, None), ("pep_" + PEP_NODE, "user00001")}
 
 
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return make_corpus(str(tmp_path_factory.mktemp("fresh") / "data"))
-
-
-@pytest.fixture
-def source(corpus_dir: str, tmp_path: Any) -> dict[str, Any]:
-    path = str(tmp_path / "source")
-    shutil.copytree(corpus_dir, path)
-    return {"type": "internal", "path": path, "hosts": HOSTS}
+# The engine tests' corpus and source, as fixtures of this module too.
+corpus_dir, source = engine_tests.corpus_dir, engine_tests.source
 
 
 @pytest.fixture(params=DRIVERS)
