@@ -247,7 +247,7 @@ def _deserialize_common(table: object, strict: bool) -> Element | None:
     checks are skipped. Anything else, an error included, is left to ``_deserialize_checked``,
     which reads it anew, so the results and the errors are its own.
     """
-    if type(table) is not dict:
+    if type(table) is not dict:  # pylint: disable=unidiomatic-typecheck
         return None
     root = _common_element(table, strict)
     if root is None:
@@ -282,10 +282,10 @@ def _deserialize_common(table: object, strict: bool) -> Element | None:
 def _common_element(table: dict[Any, Any], strict: bool) -> Element | None:
     """One element (no children yet) as ``_element_from_table`` makes it, or None if not a common case."""
     name = table.get("name")
-    if type(name) is not str or (name not in _KNOWN_TAGS and not _learn_name(name, "tag")):
+    if type(name) is not str or (name not in _KNOWN_TAGS and not _learn_name(name, "tag")):  # pylint: disable=unidiomatic-typecheck
         return None
     raw_attr = table.get("attr")
-    if type(raw_attr) is not dict:
+    if type(raw_attr) is not dict:  # pylint: disable=unidiomatic-typecheck
         # Lenient mode reads a missing attr table as an empty one; anything else is an error.
         return Element(name, {}) if raw_attr is None and not strict else None
     attr = dict(raw_attr)
@@ -306,7 +306,7 @@ def _common_element(table: dict[Any, Any], strict: bool) -> Element | None:
 
 def _learn_name(name: object, kind: str) -> bool:
     """Whether name is a valid ``kind`` name that needs no conversion; remembered (in _KNOWN_*) if so."""
-    if type(name) is not str or _name_problem(name, kind) is not None:
+    if type(name) is not str or _name_problem(name, kind) is not None:  # pylint: disable=unidiomatic-typecheck
         return False
     known = _KNOWN_TAGS if kind == "tag" else _KNOWN_ATTRS
     if kind == "attribute" and "|" in name and _NS_SEP not in name:
