@@ -19,12 +19,13 @@ import importlib.util
 import os
 import random
 import sys
-import time
 from types import ModuleType
 from typing import Any, Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".build", "collections"))
+
+from bench_luadata import timed  # noqa: E402 - this directory is on sys.path when a bench runs
 
 from ansible_collections.xmpp.prosody.plugins.module_utils import stanza as current  # noqa: E402
 from ansible_collections.xmpp.prosody.plugins.module_utils.luadata import loads_list  # noqa: E402
@@ -81,19 +82,6 @@ def load_module(path: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def timed(fn: Callable[[], Any], min_time: float) -> float:
-    """Seconds per call of fn, best of repeated runs over at least min_time."""
-    best = float("inf")
-    spent = 0.0
-    while spent < min_time:
-        start = time.perf_counter()
-        fn()
-        elapsed = time.perf_counter() - start
-        best = min(best, elapsed)
-        spent += elapsed
-    return best
 
 
 def operations(module: ModuleType, tables: list[dict[Any, Any]]) -> list[tuple[str, Callable[[], Any]]]:
