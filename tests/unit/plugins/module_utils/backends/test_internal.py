@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -11,6 +12,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
@@ -651,11 +653,10 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_nothing(tmp_path):
     assert backend.keyval_get("h", "s", "u") == {"a": 1}
 
 
-def test_writes_are_made_durable(tmp_path):
-    """The data reaches the disk before the rename, and the rename (or removal) before we go on."""
-    backend = InternalBackend({"path": str(tmp_path)})
-    backend.keyval_set("h", "s", "u", {"a": 1})
-    calls = []
+@contextlib.contextmanager
+def durability_calls() -> Iterator[list[tuple[str, str]]]:
+    """Record, in order, every fsync (of the file or directory it names) and rename fsutil makes."""
+    calls: list[tuple[str, str]] = []
     rename = os.replace
 
     def record_fsync(fd: int) -> None:
@@ -666,6 +667,14 @@ def test_writes_are_made_durable(tmp_path):
         rename(src, dst)
 
     with mock.patch.object(fsutil.os, "fsync", record_fsync), mock.patch.object(fsutil.os, "replace", record_replace):
+        yield calls
+
+
+def test_writes_are_made_durable(tmp_path):
+    """The data reaches the disk before the rename, and the rename (or removal) before we go on."""
+    backend = InternalBackend({"path": str(tmp_path)})
+    backend.keyval_set("h", "s", "u", {"a": 1})
+    with durability_calls() as calls:
         backend.keyval_set("h", "s", "u", {"a": 2})
         backend.keyval_set("h", "s", "u", None)
     store = str(tmp_path / "h" / "s")
@@ -679,17 +688,7 @@ def test_batched_writes_are_made_durable_at_flush(tmp_path):
     backend = InternalBackend({"path": str(tmp_path)})
     backend.keyval_set("h", "s", "old", {"a": 1})
     backend.start_batch()
-    calls = []
-    rename = os.replace
-
-    def record_fsync(fd: int) -> None:
-        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-
-    def record_replace(src: str, dst: str) -> None:
-        calls.append(("replace", os.fsdecode(dst)))
-        rename(src, dst)
-
-    with mock.patch.object(fsutil.os, "fsync", record_fsync), mock.patch.object(fsutil.os, "replace", record_replace):
+    with durability_calls() as calls:
         backend.keyval_set("h", "s", "u", {"a": 2})
         backend.keyval_set("h", "s", "v", {"a": 3})
         backend.keyval_set("h", "t", "u", {"a": 4})  # a new store directory
