@@ -174,6 +174,7 @@ class _Run:
     def _flush(self, stopping: bool = False) -> None:
         """Commit (or fsync) the batch; when that fails, every user in it fails."""
         if not self._writing():
+            self.scrub.forget()
             return
         try:
             self.dst.flush()
@@ -185,6 +186,7 @@ class _Run:
             self._pending.clear()
             self._pending_rows = 0
             self._batch_start = time.monotonic()
+            self.scrub.forget()  # no text can quote the batch's entries any more
 
     def _lose(self, reason: str) -> None:
         """The batch's writes are gone: each user in it becomes a failure, no longer created/updated."""
@@ -221,18 +223,25 @@ class _Run:
         try:
             return action()
         except ProsodyMigrateError as exc:
-            reason = self.scrub(str(exc))
-            if isinstance(exc, WritesLost):
-                self._lose(reason)  # the users written before this one in the batch failed too
-            if self.phase == "verify":
-                self.report.mismatches.append(Failure(host, store, user, f"cannot verify: {reason}", scope))
-                return None
-            self.report.failures.append(Failure(host, store, user, reason, scope))
-            if scope != "store":
-                self._result(host, store, type_).users_failed += 1
-            if not self.options.keep_going:
-                raise _Stop from None
+            self._failed(host, store, user, scope, type_, exc)
             return None
+        finally:
+            if not self._pending:
+                self.scrub.forget()  # nothing held back can fail later and quote this unit's secrets
+
+    def _failed(self, host: str, store: str, user: Optional[str], scope: str, type_: str, exc: Exception) -> None:
+        """Record a unit's failure (a mismatch when verifying); _Stop unless keep_going."""
+        reason = self.scrub(str(exc))
+        if isinstance(exc, WritesLost):
+            self._lose(reason)  # the users written before this one in the batch failed too
+        if self.phase == "verify":
+            self.report.mismatches.append(Failure(host, store, user, f"cannot verify: {reason}", scope))
+            return
+        self.report.failures.append(Failure(host, store, user, reason, scope))
+        if scope != "store":
+            self._result(host, store, type_).users_failed += 1
+        if not self.options.keep_going:
+            raise _Stop from None
 
     # stores -----------------------------------------------------------------------------------
     def _store(self, host: str, spec: StoreSpec) -> None:

@@ -67,21 +67,32 @@ def _collect_strings(value: Any, found: set[str]) -> None:
 
 
 class Scrubber:
-    """Removes known secrets, and their truncated previews, from text that goes into a report."""
+    """Removes known secrets, and their truncated previews, from text that goes into a report.
+
+    ``secrets`` (the configuration's passwords) are kept for the whole run; ``recent`` holds the
+    secrets ``learn`` found in the data, until ``forget``: the engine forgets them once no text
+    can quote them any more (the entries holding them are committed), so memory does not grow
+    with the number of accounts.
+    """
 
     def __init__(self) -> None:
         self.secrets: set[str] = set()
+        self.recent: set[str] = set()
 
     def add(self, secret: Any) -> None:
         if isinstance(secret, str) and len(secret) >= _MIN_SECRET:
             self.secrets.add(secret)
 
     def learn(self, value: Any) -> None:
-        """Remember the secrets a value holds."""
-        find_secrets(value, self.secrets)
+        """Remember the secrets a value holds, until ``forget``."""
+        find_secrets(value, self.recent)
+
+    def forget(self) -> None:
+        """Drop the secrets learnt from the data; the configuration's stay."""
+        self.recent.clear()
 
     def __call__(self, text: str) -> str:
-        for secret in sorted(self.secrets, key=len, reverse=True):
+        for secret in sorted(self.secrets | self.recent, key=len, reverse=True):
             text = _mask_in(text, secret)
         return text
 

@@ -121,6 +121,14 @@ def test_scrubber_masks_secrets_and_their_previews():
     assert scrub(text) == f"cannot store '{MASK}'; preview {MASK}...; login {MASK}; visible"
 
 
+def test_scrubber_forgets_the_datas_secrets_but_not_the_configurations():
+    scrub = Scrubber()
+    scrub.learn({"password": "learnt-from-the-data"})
+    scrub.add("from-the-config")
+    scrub.forget()
+    assert scrub("learnt-from-the-data from-the-config") == f"learnt-from-the-data {MASK}"
+
+
 # the report ----------------------------------------------------------------------------------
 @given(values)
 def test_any_value_becomes_json(value: Any):

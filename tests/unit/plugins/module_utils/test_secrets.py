@@ -133,6 +133,39 @@ def test_secrets_never_leave_a_run(source: dict[str, Any], pg_dest: dict[str, An
     assert capture.leaks(secrets) == []
 
 
+def test_a_failed_commit_quoting_an_earlier_account_is_scrubbed(
+    source: dict[str, Any], pg_dest: dict[str, Any], caplog
+):
+    """The engine forgets the data's secrets as entries are committed (memory stays flat), but not
+    before: a commit refused with the text of any account written in its batch is still masked."""
+    secrets = known_secrets(source)
+    with open_backend(pg_dest) as backend:
+        backend.keyval_set("other.example", "x", "y", {"z": 1})  # the tables
+    with psycopg.connect(
+        host=PG["host"], port=PG["port"], user=PG["username"], dbname=pg_dest["database"], autocommit=True
+    ) as conn:
+        # Checked at COMMIT, after the other accounts of the batch were written: the error quotes alice's row.
+        conn.execute(
+            """CREATE FUNCTION refuse_alice() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN
+                 IF NEW."user" = 'alice' AND NEW."store" = 'accounts' THEN
+                   RAISE EXCEPTION 'refused row: %', NEW."value";
+                 END IF;
+                 RETURN NEW;
+               END $$"""
+        )
+        conn.execute(
+            """CREATE CONSTRAINT TRIGGER refuse_alice AFTER INSERT ON prosody DEFERRABLE INITIALLY DEFERRED
+               FOR EACH ROW EXECUTE FUNCTION refuse_alice()"""
+        )
+    capture = Capture(caplog)
+    report = capture.report(run_migration(source, pg_dest, Options(keep_going=True, stores=["accounts"])))
+    lost = [f for f in report.failures if "batch holding the write was lost" in f.reason]
+    assert "alice" in {f.user for f in lost} and len(lost) > 1
+    assert all("refused row" in f.reason for f in lost)  # the server's text, quoting the row, came through
+    assert capture.leaks(secrets) == []
+
+
 @pytest.mark.parametrize("driver", ["PostgreSQL", "MySQL"])
 def test_a_wrong_database_password_is_not_printed(source: dict[str, Any], tmp_path: Any, caplog, driver: str):
     capture = Capture(caplog)
