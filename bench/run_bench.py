@@ -3,13 +3,16 @@
 """Benchmark our ``prosody-migrator`` against Prosody's real ``/usr/bin/prosody-migrator``.
 
 Run from the collection root: ``.venv/bin/python bench/run_bench.py [--sizes small,medium]
-[--skip-real] [--directions ...] [--real-budget SECONDS] [--workdir DIR] [--keep]``.
+[--skip-real] [--directions ...] [--real-directions ...] [--module-directions ...]
+[--real-budget SECONDS] [--workdir DIR] [--keep]``.
 
 For each size a corpus is written by real Prosody's storage code (tests/corpus/make_corpus.lua),
 then for each direction, each into a fresh destination (a new file, directory or database):
 our command (scripts/prosody-migrator, a subprocess, as a user runs it), the real migrator,
 the floor (bench/floor.py: raw read of the source plus a bulk load of the rows our run wrote)
-and a second run of ours over the unchanged destination. Every child's wall time, CPU time and
+a second run of ours over the unchanged destination, and (--module-directions) the same job
+through the Ansible module (``ansible localhost -m xmpp.prosody.prosody_migrate``) into a fresh
+destination, for the module's overhead over the command. Every child's wall time, CPU time and
 peak RSS come from wait4's rusage. After each of our runs the destination's entries and archive
 items are counted against what the corpus holds: a broken migration is reported, not timed.
 
@@ -47,6 +50,19 @@ from ansible_collections.xmpp.prosody.plugins.module_utils.backends.dialects imp
 
 PYTHON = sys.executable
 OURS = [PYTHON, os.path.join(ROOT, "scripts", "prosody-migrator")]
+# The same job through the Ansible module, on localhost, in this interpreter.
+MODULE = [
+    os.path.join(os.path.dirname(PYTHON), "ansible"),
+    "localhost",
+    "-i",
+    "localhost,",
+    "-c",
+    "local",
+    "-e",
+    f"ansible_python_interpreter={PYTHON}",
+    "-m",
+    "xmpp.prosody.prosody_migrate",
+]
 REAL = ["/usr/bin/prosody-migrator"]
 TIME = "/usr/bin/time"
 CORPUS = os.path.join(ROOT, "tests", "corpus", "make_corpus.lua")
@@ -102,11 +118,13 @@ class Result:
     real_ok: str = ""
     real_note: str = ""
     floor: Optional[Measure] = None
+    module: Optional[Measure] = None
+    module_ok: str = ""
     notes: list[str] = field(default_factory=list)
 
 
 # running children ----------------------------------------------------------------------------
-def measure(cmd: list[str], log: str) -> Measure:
+def measure(cmd: list[str], log: str, env: Optional[dict[str, str]] = None) -> Measure:
     """Run cmd to completion; stdout+stderr go to log."""
     # Through /usr/bin/time, a small process: Linux counts the RSS a child had before exec (a
     # copy of its parent's) in its peak, so a direct child of this growing process would inherit
@@ -115,7 +133,11 @@ def measure(cmd: list[str], log: str) -> Measure:
     with open(log, "wb") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            [TIME, "-f", "%M", "-o", rss_file, *cmd], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            [TIME, "-f", "%M", "-o", rss_file, *cmd],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
         _pid, status, ru = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
@@ -353,6 +375,9 @@ class Bench:
         res.second = measure(cmd, base + ".ours2.log")
         res.second_ok, _detail = check(dest, want) if res.second.status == 0 else (f"exit {res.second.status}", None)
 
+        if self.args.module_directions is None or label in self.args.module_directions:
+            self._module(res, source, dst_kind, tag, base, want)
+
         # the floor: raw read of the source, bulk load of what ours wrote
         rows_file = base + ".rows.pickle"
         dump_rows(dest, rows_file)
@@ -382,6 +407,18 @@ class Bench:
             self.source_rows.setdefault("pg", res.rows)
         self._real(res, size, source, dst_kind, tag, base, want)
         return res
+
+    def _module(self, res: Result, source: dict, dst_kind: str, tag: str, base: str, want: Counts) -> None:
+        """The same job as ours, through the Ansible module, into a fresh destination."""
+        dest = self.stores.fresh(dst_kind, f"{tag}_module")
+        cfg = base + ".module.cfg.lua"
+        write_config(cfg, {"input": source, "output": dest})
+        env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": os.path.join(ROOT, ".build", "collections")}
+        args = json.dumps({"config": cfg, "from": "input", "to": "output"})
+        res.module = measure([*MODULE, "-a", args], base + ".module.log", env)
+        res.module_ok, _got = check(dest, want) if res.module.status == 0 else (f"exit {res.module.status}", None)
+        if dst_kind == "files":
+            shutil.rmtree(dest["path"], ignore_errors=True)
 
     def _real(self, res: Result, size: str, source: dict, dst_kind: str, tag: str, base: str, want: Counts) -> None:
         if self.args.skip_real:
@@ -442,15 +479,17 @@ def render(results: list[Result], header: str) -> str:
     lines.append(
         "| size | direction | SQL rows | ours wall s | ours CPU s | ours RSS MB | ours rows/s | "
         "real wall s | real CPU s | real RSS MB | real rows/s | **real/ours** (wall) | real/ours (CPU) | "
-        "floor s (read+load) | **ours/floor** | 2nd run s | 2nd/1st | check |"
+        "floor s (read+load) | **ours/floor** | 2nd run s | 2nd/1st | module s | module - ours s | check |"
     )
-    lines.append("|" + "---|" * 18)
+    lines.append("|" + "---|" * 20)
     notes: list[str] = []
     for r in results:
         o, s, rl, fl = r.ours, r.second, r.real, r.floor
         floor_s = fl.extra["read_s"] + fl.extra["load_s"] if fl and fl.extra else None
         floor_txt = f"{fmt(floor_s, 2)} ({fmt(fl.extra['read_s'], 2)}+{fmt(fl.extra['load_s'], 2)})" if floor_s else "-"
         checks = [f"ours {r.ours_ok}", f"2nd {r.second_ok}"]
+        if r.module:
+            checks.append(f"module {r.module_ok}")
         if rl:
             checks.append(f"real {r.real_ok}")
         lines.append(
@@ -474,6 +513,8 @@ def render(results: list[Result], header: str) -> str:
                     ratio(o and o.wall, floor_s),
                     fmt(s and s.wall),
                     ratio(s and s.wall, o and o.wall),
+                    fmt(r.module and r.module.wall),
+                    fmt(r.module.wall - o.wall) if r.module and o else "-",
                     "; ".join(checks),
                 ]
             )
@@ -493,6 +534,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         "--directions", help="comma-separated labels (default all): " + ", ".join(d[0] for d in DIRECTIONS)
     )
     parser.add_argument("--real-directions", help="run the real migrator only for these directions (default all)")
+    parser.add_argument(
+        "--module-directions",
+        default="files→SQLite3",
+        help="also run the Ansible module for these directions (default files→SQLite3; 'all' for every one)",
+    )
     parser.add_argument("--real-budget", type=float, default=900, help="skip a real run predicted longer (0: never)")
     parser.add_argument("--workdir", help="where corpora and stores go (default a new temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -502,6 +548,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"--sizes: choose from {', '.join(SIZES)}")
     args.directions = args.directions.split(",") if args.directions else None
     args.real_directions = args.real_directions.split(",") if args.real_directions else None
+    args.module_directions = None if args.module_directions == "all" else args.module_directions.split(",")
     workdir = args.workdir or tempfile.mkdtemp(prefix="prosody-bench-", dir="/var/tmp")
     os.makedirs(workdir, exist_ok=True)
     os.chmod(workdir, 0o755)
