@@ -145,8 +145,8 @@ def _collect(
         except queue.Empty:
             dead = [i for i, p in enumerate(workers) if p.exitcode is not None and i not in reports]
             if dead and channel.empty():
-                # Exited without a word (killed): whatever it had not committed is lost.
-                stop.set()
+                # Exited without a word (killed): whatever it had not committed is lost; run()
+                # stops the others on the way out.
                 code = workers[dead[0]].exitcode
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
                 message = f"worker process {dead[0]} {how} before it finished its share of the users"
@@ -218,7 +218,4 @@ def _add_stores(totals: list[StoreResult], results: list[StoreResult]) -> None:
             totals.insert(at + 1, StoreResult(*key))
             index = {(r.host, r.store, r.type): i for i, r in enumerate(totals)}
         at = index[key]
-        total = totals[at]
-        for name, value in vars(result).items():
-            if name.startswith(("users_", "items_")):
-                setattr(total, name, getattr(total, name) + value)
+        totals[at].add(result)

@@ -176,6 +176,15 @@ class StoreResult:
     def changed(self) -> bool:
         return bool(self.users_created or self.users_updated)
 
+    def add(self, other: StoreResult) -> None:
+        """Add another result's counts to these (a worker's, for the same store)."""
+        for name in COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+# The count fields of a StoreResult, in order.
+COUNTS = tuple(name for name in StoreResult.__dataclass_fields__ if name.startswith(("users_", "items_")))
+
 
 @dataclass
 class Failure:
@@ -240,8 +249,7 @@ class Report:
 
     def totals(self) -> dict[str, int]:
         """The per-store counts summed over the run."""
-        keys = [k for k in asdict(StoreResult("", "", "")) if k.startswith(("users_", "items_"))]
-        return {k: sum(getattr(r, k) for r in self.stores) for k in keys}
+        return {k: sum(getattr(r, k) for r in self.stores) for k in COUNTS}
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data (the CLI's ``--json`` and the Ansible module's result).

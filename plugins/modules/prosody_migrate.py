@@ -670,6 +670,9 @@ def run_module(module: AnsibleModule) -> None:
         fail(str(exc))
         return
     _require(module, needed_libraries(source, destination), result)
+    if params["jobs"] is not None and params["jobs"] < 1:
+        fail(f"jobs must be 1 or more, not {params['jobs']}")
+        return
     options = Options(
         check=module.check_mode,
         diff=module._diff,
@@ -679,9 +682,6 @@ def run_module(module: AnsibleModule) -> None:
         stores=params["stores"] or None,
         jobs=params["jobs"] or default_jobs(),
     )
-    if params["jobs"] is not None and params["jobs"] < 1:
-        fail(f"jobs must be 1 or more, not {params['jobs']}")
-        return
     try:
         report = run_migration(source, destination, options)
     except ProsodyMigrateError as exc:
