@@ -163,7 +163,10 @@ class SqlBackend(Backend):
         self._batch, self._control = cur, control
 
     def _record(self, write: Callable[[], None]) -> None:
-        """Note a write done in the open batch, so that it can be done again on a new connection."""
+        """Note a write done in the open batch, so that it can be done again on a new connection.
+
+        ``write`` must not refer to itself: such a cycle, holding the entry's rows, outlives the
+        batch until a full garbage collection, and memory grew with the number of users."""
         if self._batch is not None and not self._replaying:
             self._journal.append(write)
 
@@ -402,10 +405,10 @@ class SqlBackend(Backend):
                 cur.execute(delete, params)
                 if rows:
                     insert(cur, "prosody", KEYVAL_COLUMNS, rows)
-            self._record(write)
 
         self._join_batch()
         write()
+        self._record(write)
 
     # archive -------------------------------------------------------------------------------
     def archive_users(self, host: str, store: str) -> Iterator[str]:
@@ -488,10 +491,10 @@ class SqlBackend(Backend):
                 for delete, bound in deletes:
                     cur.execute(delete, [*params, *bound])
                 insert(cur, "prosodyarchive", ARCHIVE_COLUMNS, rows)
-            self._record(write)
 
         self._join_batch()
         write()
+        self._record(write)
 
     def _archive_row(self, host: str, store: str, user: Optional[str], item: ArchiveItem) -> tuple[Any, ...]:
         try:
