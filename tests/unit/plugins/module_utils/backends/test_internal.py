@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import re
@@ -28,7 +29,7 @@ from ansible_collections.xmpp.prosody.plugins.module_utils.backends.internal imp
     format_stamp,
     parse_stamp,
 )
-from ansible_collections.xmpp.prosody.plugins.module_utils.errors import DecodeError, EncodeError
+from ansible_collections.xmpp.prosody.plugins.module_utils.errors import DecodeError, EncodeError, ProsodyMigrateError
 from ansible_collections.xmpp.prosody.plugins.module_utils.luadata import BoolKey
 from ansible_collections.xmpp.prosody.plugins.module_utils.stanza import Element
 
@@ -700,15 +701,44 @@ def test_batched_writes_are_made_durable_at_flush(tmp_path):
         assert len(calls) == len(written) + len(flushed)
     host, store, other = str(tmp_path / "h"), str(tmp_path / "h" / "s"), str(tmp_path / "h" / "t")
     assert written == [("replace", f"{store}/u.dat"), ("replace", f"{store}/v.dat"), ("replace", f"{other}/u.dat")]
-    assert flushed == [
-        ("fsync", f"{store}/u.dat"),
-        ("fsync", f"{store}/v.dat"),
-        ("fsync", f"{other}/u.dat"),
-        ("fsync", host),
-        ("fsync", store),
-        ("fsync", other),
-    ]
+    # Several at once (a file system commits concurrent fsyncs together), so in no set order:
+    # every file before any directory.
+    assert len(flushed) == 6 and {name for _call, name in flushed} == {
+        f"{store}/u.dat",
+        f"{store}/v.dat",
+        f"{other}/u.dat",
+        host,
+        store,
+        other,
+    }
+    assert {name for _call, name in flushed[:3]} == {f"{store}/u.dat", f"{store}/v.dat", f"{other}/u.dat"}
     assert backend.keyval_get("h", "s", "old") is None and backend.keyval_get("h", "t", "u") == {"a": 4}
+
+
+def test_a_failed_fsync_at_flush_is_raised_and_stays_to_be_done(tmp_path):
+    """One file's fsync failing: the others are done, the error comes out of flush, and the next
+    flush tries that file again (then its directories)."""
+    backend = InternalBackend({"path": str(tmp_path)})
+    backend.start_batch()
+    for user in ("a", "b", "c"):
+        backend.keyval_set("h", "s", user, {"n": 1})
+    bad = str(tmp_path / "h" / "s" / "b.dat")
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if name == bad:
+            raise OSError(errno.EIO, "Input/output error")
+        synced.append(name)
+        real_fsync(fd)
+
+    with mock.patch.object(fsutil.os, "fsync", fsync), pytest.raises(ProsodyMigrateError, match="Input/output error"):
+        backend.flush()
+    assert sorted(synced) == [str(tmp_path / "h" / "s" / f"{u}.dat") for u in ("a", "c")]
+    with durability_calls() as calls:
+        backend.flush()
+    assert calls[0] == ("fsync", bad) and len(calls) > 1  # then the directories, never done yet
 
 
 KILLED_WRITER = """
