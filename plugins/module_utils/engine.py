@@ -561,6 +561,7 @@ def _opened(
     src = dst = None
     try:
         src = open_backend(source)
+        src.check_source()
         dst = open_backend(destination)
         plan = build_plan(backend_params(source), src, options.hosts, options.stores)
         report.discovered = plan.discovered

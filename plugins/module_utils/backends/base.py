@@ -101,6 +101,10 @@ class Backend(abc.ABC):
         """Make every write since the last flush durable; WritesLost (or another
         ProsodyMigrateError) when they could not be: then none of them is to be counted on."""
 
+    def check_source(self) -> None:  # noqa: B027 - most backends find out when they are read
+        """Raise a ProsodyMigrateError when this store, opened to be read from, is not there at
+        all (rather than reading as empty: a mistyped path must not be a run with nothing to do)."""
+
     # discovery -----------------------------------------------------------------------------
     def hosts(self) -> Iterator[str]:
         """Hosts present in this backend, where it can enumerate them."""

@@ -182,6 +182,9 @@ class InternalBackend(Backend):
                 raise InternalStoreError(f"data directory {self.path!r} does not exist or is not a directory")
             self._root_checked = True
 
+    def check_source(self) -> None:
+        self._check_root()
+
     def _read(self, path: bytes) -> bytes | None:
         self._check_root()
         try:

@@ -544,6 +544,11 @@ class SqlBackend(Backend):
         return not self._select(f'SELECT 1 FROM "{table}" WHERE {where} LIMIT 1', params)
 
     # discovery -------------------------------------------------------------------------------
+    def check_source(self) -> None:
+        # A server's database that is missing fails to connect; a SQLite3 file would read as empty.
+        if not self.dialect.exists():
+            raise SqlDatabaseError(f"{self.dialect.describe()} does not exist")
+
     def hosts(self) -> Iterator[str]:
         found: set[str] = set()
         for table in REQUIRED:

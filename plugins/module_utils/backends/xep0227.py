@@ -836,6 +836,10 @@ class Xep0227Backend(Backend):
         return result
 
     # discovery ------------------------------------------------------------------------------
+    def check_source(self) -> None:
+        if not os.path.isdir(self.root):
+            raise Xep0227Error(f"directory {self.path!r} does not exist or is not a directory")
+
     def hosts(self) -> Iterator[str]:
         return iter(sorted({host for _user, host, _store in self._entries()}))
 

@@ -105,6 +105,26 @@ def test_missing_config_exit_2(tmp_path: Path) -> None:
     assert err == f"prosody-migrator: error: cannot read the config file {missing}: No such file or directory\n"
 
 
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            '{ type = "sql", driver = "SQLite3", database = "%s/none.sqlite" }',
+            "SQLite3 database '%s/none.sqlite' does not exist",
+        ),
+        ('{ type = "internal", path = "%s/none" }', "data directory '%s/none' does not exist or is not a directory"),
+        ('{ type = "xep0227", path = "%s/none" }', "directory '%s/none' does not exist or is not a directory"),
+    ],
+)
+def test_a_source_that_is_not_there_fails_and_writes_nothing(tmp_path: Path, source: str, message: str) -> None:
+    """A mistyped source path is an error naming it, not a run that finds nothing to do."""
+    config = tmp_path / "m.cfg.lua"
+    config.write_text(f"input {source % tmp_path}\noutput {{ type = 'internal', path = '{tmp_path}/out' }}\n")
+    code, out, err = run("--config", str(config))
+    assert (code, out, err) == (1, "", f"prosody-migrator: failed: {message % tmp_path}\n")
+    assert sorted(os.listdir(tmp_path)) == ["m.cfg.lua"]
+
+
 def test_default_stores_are_input_and_output(tmp_path: Path) -> None:
     path = tmp_path / "m.cfg.lua"
     path.write_text('zeta { type = "internal" } alpha { type = "sql" } output { type = "sql" }\n')
