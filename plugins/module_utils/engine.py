@@ -37,9 +37,13 @@ Writes are batched (``Backend.start_batch``): a SQL destination commits once per
 or BATCH_SECONDS seconds, at the end of each store and of the run, each user's write under a
 savepoint of its own; a file destination fsyncs what it wrote at those same points. When a
 batch is lost (``WritesLost``, or a failing flush), every user written in it is a failure of its
-own, taken back out of the created/updated counts; a re-run writes them again.
+own, taken back out of the created/updated counts; a re-run writes them again. As one worker of
+several (``Options.partition``) the destination is told so (``Backend.concurrent_writers``): a
+SQLite3 one then holds each batch until the flush, where an entry it refuses (``EntriesRefused``)
+becomes a failure of its own in the same way, the batch's other entries being written.
 
-Memory is bounded by one user's store: users are enumerated lazily and nothing is kept per host.
+Memory is bounded by one user's store: users are enumerated lazily and nothing is kept per host
+(a SQLite3 worker also holds one batch's rows until its flush).
 """
 
 from __future__ import annotations
@@ -51,11 +55,11 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from . import parallel
 from .backends import backend_params, open_backend
-from .backends.base import ArchiveItem, Backend, WritesLost
+from .backends.base import ArchiveItem, Backend, EntriesRefused, RefusedEntry, WritesLost
 from .compare import same_item, same_value
 from .errors import ProsodyMigrateError
 from .plan import ConfigError, Plan, StoreSpec, build_plan
@@ -100,6 +104,19 @@ class _Stop(Exception):
     """Internal: the first failure ends a run without keep_going."""
 
 
+class _Written(NamedTuple):
+    """One entry written in the open batch: the count it went into, and its archive items added
+    and replaced (counted in items_created and items_updated)."""
+
+    host: str
+    store: str
+    type: str
+    user: Optional[str]
+    counted: str
+    added: int = 0
+    replaced: int = 0
+
+
 def _absent(value: Any) -> bool:
     """What Prosody's stores treat as no value: nil or an empty table."""
     return value is None or (isinstance(value, dict) and not value)
@@ -127,10 +144,12 @@ class _Run:
         # began (Backend.store_empty), and the last entry taken as absent there since: see _absent_in_dst.
         self._empty: Optional[tuple[str, str, str]] = None
         self._empty_last: Optional[str] = None
-        # The users written since the last flush: (host, store, type, user, count it went into).
-        self._pending: list[tuple[str, str, str, Optional[str], str]] = []
+        # The entries written since the last flush.
+        self._pending: list[_Written] = []
         self._pending_rows = 0
         self._batch_start = time.monotonic()
+        # One worker of several: other processes write to the destination at the same time.
+        dst.concurrent_writers = options.partition is not None and options.partition[1] > 1
 
     # running ----------------------------------------------------------------------------------
     def run(self, phase: str) -> None:
@@ -164,20 +183,27 @@ class _Run:
     def _writing(self) -> bool:
         return self.phase == "copy" and not self.options.check
 
-    def _wrote(self, host: str, store: str, type_: str, user: Optional[str], counted: str, rows: int) -> None:
-        """Note one user's write, counted in ``counted``; flush when the batch is full."""
-        self._pending.append((host, store, type_, user, counted))
+    def _wrote(self, written: _Written, rows: int) -> None:
+        """Note one entry's write; flush when the batch is full."""
+        self._pending.append(written)
         self._pending_rows += rows
         if self._pending_rows >= BATCH_ROWS or time.monotonic() - self._batch_start >= BATCH_SECONDS:
             self._flush()
 
     def _flush(self, stopping: bool = False) -> None:
-        """Commit (or fsync) the batch; when that fails, every user in it fails."""
+        """Commit (or fsync) the batch; when that fails, every user in it fails. Entries refused
+        at the flush (a batch held until then) fail alone: without keep_going the run stops here,
+        at the end of the batch, not at the entry."""
         if not self._writing():
             self.scrub.forget()
             return
         try:
             self.dst.flush()
+        except EntriesRefused as exc:
+            for entry in exc.entries:
+                self._refused(entry)
+            if not self.options.keep_going and not stopping:
+                raise _Stop from None
         except ProsodyMigrateError as exc:
             self._lose(self.scrub(str(exc)))
             if not self.options.keep_going and not stopping:
@@ -190,21 +216,34 @@ class _Run:
 
     def _lose(self, reason: str) -> None:
         """The batch's writes are gone: each user in it becomes a failure, no longer created/updated."""
-        for host, store, type_, user, counted in self._pending:
-            self.report.failures.append(
-                Failure(
-                    host,
-                    store,
-                    user,
-                    f"written, but the batch holding the write was lost: {reason}",
-                    "host" if user is None else "user",
-                )
-            )
-            result = self._result(host, store, type_)
-            if counted != "users_failed":
-                setattr(result, counted, getattr(result, counted) - 1)
-                result.users_failed += 1
+        for written in self._pending:
+            self._unwrite(written, f"written, but the batch holding the write was lost: {reason}")
         self._pending.clear()
+
+    def _refused(self, entry: RefusedEntry) -> None:
+        """One entry of the batch was refused when the batch was written: it alone fails."""
+        reason = f"refused when its batch was written: {self.scrub(entry.reason)}"
+        key = (entry.host, entry.store, entry.kind, entry.user)
+        written = next((w for w in self._pending if (w.host, w.store, w.type, w.user) == key), None)
+        if written is None:  # not noted as written in this batch (a backend's mistake): reported all the same
+            written = _Written(entry.host, entry.store, entry.kind, entry.user, "users_failed")
+            self._result(entry.host, entry.store, entry.kind).users_failed += 1
+        else:
+            self._pending.remove(written)
+        self._unwrite(written, reason)
+
+    def _unwrite(self, written: _Written, reason: str) -> None:
+        """An entry counted as written was not: a failure of its own, taken out of the
+        created/updated counts (its items into items_failed) and counted in users_failed."""
+        host, store, type_, user = written.host, written.store, written.type, written.user
+        self.report.failures.append(Failure(host, store, user, reason, "host" if user is None else "user"))
+        result = self._result(host, store, type_)
+        if written.counted != "users_failed":
+            setattr(result, written.counted, getattr(result, written.counted) - 1)
+            result.users_failed += 1
+        result.items_created -= written.added
+        result.items_updated -= written.replaced
+        result.items_failed += written.added + written.replaced
 
     def _emit(self, kind: str, host: Optional[str] = None, store: Optional[str] = None, user: Any = None) -> None:
         if self.options.progress is not None:
@@ -405,7 +444,7 @@ class _Run:
         if not self.options.check:
             # A table is a row per field in SQL: a batch of 2000 rosters was 60,000 rows, held for replay.
             rows = len(value) if isinstance(value, dict) else 1
-            self._wrote(host, store, "keyval", user, "users_created" if created else "users_updated", rows)
+            self._wrote(_Written(host, store, "keyval", user, "users_created" if created else "users_updated"), rows)
         return value
 
     def _mismatch(self, host: str, store: str, user: Optional[str], reason: str) -> None:
@@ -471,7 +510,7 @@ class _Run:
             counted = "users_updated" if current else "users_created"
         setattr(result, counted, getattr(result, counted) + 1)
         if new and not self.options.check:
-            self._wrote(host, store, "archive", user, counted, len(new))
+            self._wrote(_Written(host, store, "archive", user, counted, len(added), len(replaced)), len(new))
         if unstorable and not self.options.keep_going:
             # The rest of the archive is written; the user still counts as failed, and the run
             # stops here unless told to keep going, as for any other failure.

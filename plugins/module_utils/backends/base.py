@@ -23,6 +23,29 @@ class WritesLost(ProsodyMigrateError):
 
 
 @dataclass(frozen=True)
+class RefusedEntry:
+    """One entry (``kind`` "keyval" or "archive") the destination refused when its batch was written."""
+
+    host: str
+    store: str
+    kind: str
+    user: str | None
+    reason: str
+
+
+class EntriesRefused(ProsodyMigrateError):
+    """Raised by ``flush`` of a batch held back until then (``Backend.concurrent_writers``): the
+    destination refused these entries as the batch was written, each undone alone; the batch's
+    other writes are durable."""
+
+    def __init__(self, entries: list[RefusedEntry]) -> None:
+        self.entries = list(entries)
+        super().__init__(
+            "; ".join(f"host {e.host!r}, store {e.store!r}, user {e.user!r}: {e.reason}" for e in self.entries)
+        )
+
+
+@dataclass(frozen=True)
 class ArchiveItem:
     """One archived item as Prosody keeps it: its key, value (a stanza), time and peer."""
 
@@ -34,6 +57,11 @@ class ArchiveItem:
 
 class Backend(abc.ABC):
     """A storage backend opened from a store definition (a migrator.cfg.lua entry)."""
+
+    # Set (by the engine) when other processes write to the same destination at the same time,
+    # each in batches of its own: a backend whose database takes one writer at a time may then
+    # hold a batch's writes back and write them all at ``flush`` (see ``flush``).
+    concurrent_writers = False
 
     def __init__(self, params: Mapping[str, Any]) -> None:
         self.params = dict(params)
@@ -99,7 +127,11 @@ class Backend(abc.ABC):
 
     def flush(self) -> None:  # noqa: B027 - nothing held back by default
         """Make every write since the last flush durable; WritesLost (or another
-        ProsodyMigrateError) when they could not be: then none of them is to be counted on."""
+        ProsodyMigrateError) when they could not be: then none of them is to be counted on.
+
+        EntriesRefused when the writes were held back until now and the destination refused some
+        of them: those alone failed (each named), every other write of the batch is durable.
+        """
 
     def check_source(self) -> None:  # noqa: B027 - most backends find out when they are read
         """Raise a ProsodyMigrateError when this store, opened to be read from, is not there at

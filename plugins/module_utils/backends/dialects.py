@@ -18,6 +18,11 @@ from typing import Any, Optional
 
 from ..errors import ProsodyMigrateError
 
+# How long a SQLite3 connection waits for another's lock before failing "database is locked". Other
+# writers hold it for one batch each: parallel workers write a batch (at most 2,000 rows or 2 s of
+# the worker's reading, engine.py) in one transaction, so a worker waits for a few of those at most;
+# a minute leaves a wide margin for a slow disk or a large entry.
+SQLITE_BUSY_TIMEOUT_MS = 60000
 # Rows per multi-row INSERT statement (PostgreSQL's pipelined path): well under any bind limit.
 VALUES_CHUNK = 100
 
@@ -80,6 +85,10 @@ class Dialect:
     # Whether a step's savepoint is released after it. MySQL replaces a savepoint when one of the
     # same name is set again, so the next step's SAVEPOINT does the release without a statement of its own.
     release_savepoints = True
+    # Whether the database takes one writing transaction at a time (a lock on the whole database):
+    # then writers working side by side hold their batches back and write each in one short
+    # transaction (SqlBackend, Backend.concurrent_writers), so as not to wait for each other.
+    single_writer = False
 
     def __init__(self, params: Mapping[str, Any]) -> None:
         self.params = params
@@ -224,6 +233,7 @@ class SQLite3(Dialect):
     # Bound as bytes when not UTF-8, so CAST keeps it TEXT (as LuaDBI stores it), bytes intact.
     text_marker = "CAST(? AS TEXT)"
     keeps_float_time = True
+    single_writer = True
 
     def __init__(self, params: Mapping[str, Any]) -> None:
         super().__init__(params)
@@ -250,7 +260,7 @@ class SQLite3(Dialect):
             else:
                 conn = sqlite3.connect(f"file:{_uri_path(self.database)}?mode=rw", uri=True, isolation_level=None)
             conn.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
-            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         except sqlite3.Error as exc:
             raise self.connect_error(exc) from exc
         return conn

@@ -15,7 +15,9 @@ archive items beforehand (a stanza with a control character, a value too long fo
 so that the engine fails them alone and writes the rest of the archive.
 
 SQLite3: a relative ``database`` resolves against the ``data_path`` parameter (default ``.``),
-as Prosody resolves it against its data directory; the default name is ``prosody.sqlite``.
+as Prosody resolves it against its data directory; the default name is ``prosody.sqlite``. As one
+of several writers (``Backend.concurrent_writers``: parallel workers), a batch is held until
+``flush`` and written then in one short transaction (see ``SqlBackend._holding``).
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from ..errors import EncodeError, ProsodyMigrateError
 from ..sqlvalue import from_sql, keyval_from_rows, keyval_to_rows, to_sql
-from .base import ArchiveItem, Backend, WritesLost
+from .base import ArchiveItem, Backend, EntriesRefused, RefusedEntry, WritesLost
 from .dialects import ARCHIVE_COLUMNS, KEYVAL_COLUMNS, REQUIRED, Column, Dialect, SqlDatabaseError, for_params
 
 PAGE = 500  # archive rows fetched per query: bounded memory, no long-lived server cursor
@@ -40,7 +42,9 @@ PAGE = 500  # archive rows fetched per query: bounded memory, no long-lived serv
 # such failures on the wrong entries, or on the whole batch. What an entry costs is cut instead: no
 # read before it (replaced archive items are deleted by key), and an entry of at most PIPELINE_ROWS
 # rows goes to PostgreSQL in one round trip (savepoint, DELETE, INSERT, release pipelined); a larger
-# one goes through COPY, faster per row from about there.
+# one goes through COPY, faster per row from about there. The one exception is a database taking one
+# writer at a time with other writers beside us (SqlBackend._holding): there the entries are still
+# encoded and checked in their own call, but written at the flush, each under its savepoint.
 PIPELINE_ROWS = 64
 KEYS_CHUNK = 500  # archive keys per DELETE: under every driver's limit on bound values
 # The characters any dialect refuses (NUL) or binds apart (surrogates: bytes that are not UTF-8).
@@ -54,6 +58,16 @@ class SqlSchemaError(ProsodyMigrateError):
 
 class SqlEncodeError(EncodeError):
     """A value this database, or Prosody reading it back, cannot hold."""
+
+
+class _Held(NamedTuple):
+    """An entry's write held until the flush (``SqlBackend._holding``): what it is, and the write."""
+
+    table: str
+    host: str
+    store: str
+    user: Optional[str]
+    write: Callable[[], None]
 
 
 class SqlBackend(Backend):
@@ -75,6 +89,11 @@ class SqlBackend(Backend):
         # The writes in the open batch, to do again on a new connection when the old one drops.
         self._journal: list[Callable[[], None]] = []
         self._replaying = False
+        # The writes held until the flush (_holding), the keys a read may not miss among them (see
+        # _settle), and the entries the database refused when held writes went in, for flush to raise.
+        self._held: list[_Held] = []
+        self._held_keys: set[tuple[str, ...]] = set()
+        self._refused: list[RefusedEntry] = []
         # archive_unstorable's encoded rows for one user, which archive_write then reuses.
         self._encoded: tuple[tuple[str, str, str], dict[int, tuple[ArchiveItem, tuple[Any, ...]]]] = (("", "", ""), {})
         if self.dialect.exists():
@@ -134,8 +153,9 @@ class SqlBackend(Backend):
         return list(self._problems)
 
     def close(self) -> None:
-        """Close the connection; a batch not flushed is rolled back with it, as a kill would."""
+        """Close the connection; a batch not flushed is rolled back (or dropped, held) with it, as a kill would."""
         self._batch, self._control, self._journal = None, None, []
+        self._held, self._held_keys, self._refused = [], set(), []
         if self._conn is not None:
             try:
                 self._conn.close()
@@ -170,8 +190,73 @@ class SqlBackend(Backend):
         if self._batch is not None and not self._replaying:
             self._journal.append(write)
 
+    def _holding(self) -> bool:
+        """Whether writes are held until the flush: in a batch, as one writer of several, into a
+        database that takes one writing transaction at a time (SQLite3).
+
+        Written as they come, a batch's transaction would be open (and the database locked) for as
+        long as this process takes to read what goes into it, while the other writers wait. Held,
+        each entry is still encoded and checked in its own call (an entry that cannot be stored
+        fails there, as ever), and the flush writes them all in one short transaction, each under
+        a savepoint of its own: one the database refuses is undone alone and named in the
+        EntriesRefused that flush raises once the others are committed.
+        """
+        return self._batching and self.concurrent_writers and self.dialect.single_writer
+
+    def _apply(self, table: str, host: str, store: str, user: Optional[str], write: Callable[[], None]) -> None:
+        """Do an entry's write in the batch now, or hold it until the flush (``_holding``)."""
+        if self._holding():
+            self._held.append(_Held(table, host, store, user, write))
+            self._held_keys.update(((table, host, store), (table, host, store, user or "")))
+            return
+        self._join_batch()
+        write()
+        self._record(write)
+
+    def _settle(self, key: Optional[tuple[str, ...]] = None) -> None:
+        """Before a read of one entry (``key``: table, host, store, user) or of more: write the held
+        entries when the read could miss one of them. A run reads each entry before it writes it,
+        and lists a store before writing any of it, so only a source listing a user twice gets here;
+        the read is exact all the same."""
+        if self._held and (key is None or key in self._held_keys):
+            self._write_held()
+
+    def _write_held(self) -> None:
+        """Write the held entries in one transaction, each under its own savepoint, and commit.
+
+        An entry the database refuses is undone alone and noted for ``flush`` to raise; one whose
+        failure took the transaction with it fails alone too, the entries before it being written
+        again on a new connection (as ``_in_batch`` does for any write). WritesLost when the batch
+        cannot be begun, or its commit fails even after that.
+        """
+        held, refused = self._held, self._refused
+        self._held, self._held_keys, self._refused = [], set(), []
+        if held:
+            try:
+                self._join_batch()
+            except ProsodyMigrateError as exc:
+                self.close()
+                raise WritesLost(f"{exc}; the batch's {len(held)} writes, held until now, were not written") from exc
+            for entry in held:
+                try:
+                    entry.write()
+                except SqlDatabaseError as exc:
+                    kind = "keyval" if entry.table == "prosody" else "archive"
+                    refused.append(RefusedEntry(entry.host, entry.store, kind, entry.user, str(exc)))
+                else:
+                    self._record(entry.write)
+        self._commit()
+        self._refused = refused
+
     def flush(self) -> None:
-        """Commit the open batch; on a failure, do it all again once on a new connection."""
+        """Commit the open batch (the held writes written first); on a failure, do it all again once
+        on a new connection. EntriesRefused names the held entries the database refused."""
+        self._write_held()
+        refused, self._refused = self._refused, []
+        if refused:
+            raise EntriesRefused(refused)
+
+    def _commit(self) -> None:
         if self._batch is None:
             return
         try:
@@ -308,6 +393,7 @@ class SqlBackend(Backend):
         return [tuple(self.dialect.read_text(v) for v in row) for row in rows]
 
     def _distinct(self, column: str, table: str, **pairs: str) -> list[str]:
+        self._settle()
         if not self._has(table):
             return []
         where, params = self._where(**pairs)
@@ -373,6 +459,7 @@ class SqlBackend(Backend):
         return iter([u for u in users if u != ""])
 
     def keyval_get(self, host: str, store: str, user: Optional[str]) -> Any:
+        self._settle(("prosody", host, store, user or ""))
         if not self._has("prosody"):
             return None
         where, params = self._where(host=host, user=user or "", store=store)
@@ -406,9 +493,7 @@ class SqlBackend(Backend):
                 if rows:
                     insert(cur, "prosody", KEYVAL_COLUMNS, rows)
 
-        self._join_batch()
-        write()
-        self._record(write)
+        self._apply("prosody", host, store, user, write)
 
     # archive -------------------------------------------------------------------------------
     def archive_users(self, host: str, store: str) -> Iterator[str]:
@@ -416,6 +501,7 @@ class SqlBackend(Backend):
         return iter([u for u in users if u != ""])
 
     def archive_items(self, host: str, store: str, user: Optional[str]) -> Iterator[ArchiveItem]:
+        self._settle(("prosodyarchive", host, store, user or ""))
         if not self._has("prosodyarchive"):
             return
         where, params = self._where(host=host, user=user or "", store=store)
@@ -434,6 +520,7 @@ class SqlBackend(Backend):
                 return
 
     def archive_keys(self, host: str, store: str, user: Optional[str]) -> list[str]:
+        self._settle(("prosodyarchive", host, store, user or ""))
         if not self._has("prosodyarchive"):
             return []
         where, params = self._where(host=host, user=user or "", store=store)
@@ -492,9 +579,7 @@ class SqlBackend(Backend):
                     cur.execute(delete, [*params, *bound])
                 insert(cur, "prosodyarchive", ARCHIVE_COLUMNS, rows)
 
-        self._join_batch()
-        write()
-        self._record(write)
+        self._apply("prosodyarchive", host, store, user, write)
 
     def _archive_row(self, host: str, store: str, user: Optional[str], item: ArchiveItem) -> tuple[Any, ...]:
         try:
@@ -538,6 +623,7 @@ class SqlBackend(Backend):
     def store_empty(self, host: str, store: str, kind: str) -> bool:
         # Keyval and map stores share the prosody table; "" (host-level data) is a user like any other.
         table = "prosodyarchive" if kind == "archive" else "prosody"
+        self._settle((table, host, store))
         if not self._has(table):
             return True
         where, params = self._where(host=host, store=store)
@@ -550,6 +636,7 @@ class SqlBackend(Backend):
             raise SqlDatabaseError(f"{self.dialect.describe()} does not exist")
 
     def hosts(self) -> Iterator[str]:
+        self._settle()
         found: set[str] = set()
         for table in REQUIRED:
             if self._has(table):
