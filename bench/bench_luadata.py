@@ -1,24 +1,37 @@
 # Copyright: (c) 2026, xmpp.prosody contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Micro-benchmark of the Lua data codec: strict reader vs lupa sandbox reader vs writer.
+"""Micro-benchmark of the Lua data codec: strict reader vs lupa sandbox reader vs writer, and
+archive items read by the general reader vs by shape (luashape.py).
 
-Run from the collection root: ``.venv/bin/python bench/bench_luadata.py [--quick]``. The corpus is
-built in memory: archive (``.list``) files of MAM items shaped as mod_storage_internal stores
-them (a preserialized message stanza with ``key``, ``when``, ``with``, ``attr.stamp`` and a body)
-and keyval (``.dat``) files shaped as rosters and accounts. Prints a Markdown table.
+Run from the collection root: ``.venv/bin/python bench/bench_luadata.py [--quick] [--corpus DIR]``.
+The corpus is built in memory: archive (``.list``) files of MAM items shaped as
+mod_storage_internal stores them (a preserialized message stanza with ``key``, ``when``, ``with``,
+``attr.stamp`` and a body, some with more children) and keyval (``.dat``) files shaped as rosters
+and accounts. Prints Markdown tables; the second one gives µs per archive item, parsing alone and
+the whole read (``InternalBackend.archive_items``: parsing plus decoding into ArchiveItems), with
+the general reader alone ("before") and with shapes ("after"). With ``--corpus``, that second table
+is measured on every ``*.list`` file under DIR instead (a data directory written by Prosody, e.g.
+one made by tests/corpus/make_corpus.lua).
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import random
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any, Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".build", "collections"))
 
+from ansible_collections.xmpp.prosody.plugins.module_utils import luadata, luashape  # noqa: E402
+from ansible_collections.xmpp.prosody.plugins.module_utils.backends.internal import InternalBackend  # noqa: E402
 from ansible_collections.xmpp.prosody.plugins.module_utils.luadata import (  # noqa: E402
     dumps_dat,
     dumps_list,
@@ -44,6 +57,8 @@ def mam_item(rng: random.Random, i: int) -> dict:
     ]
     if rng.random() < 0.3:
         children.append({"name": "markable", "attr": {"xmlns": "urn:xmpp:chat-markers:0"}})
+    if rng.random() < 0.05:
+        children.append({"name": "request", "attr": {"xmlns": "urn:xmpp:receipts"}})
     stanza = {"name": "message", "attr": {"to": "alice@example.com", "from": peer + "/phone", "type": "chat"}}
     stanza["attr"]["id"] = f"m{i}"
     stanza["attr"]["stamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
@@ -95,6 +110,65 @@ def timed(fn: Callable[[], Any], min_time: float) -> float:
         best = min(best, elapsed)
         spent += elapsed
     return best
+
+
+@contextlib.contextmanager
+def general_reader() -> Iterator[None]:
+    """loads_list with the general reader alone, as before luashape."""
+    by_shape = luashape.read_list
+    luashape.read_list = lambda data: luadata._parse(data, luadata._LIST_START)[0]
+    try:
+        yield
+    finally:
+        luashape.read_list = by_shape
+
+
+def write_store(root: str, list_files: list[bytes]) -> None:
+    """The .list files as one host's archive store of an internal data directory."""
+    store = os.path.join(root, "example%2eorg", "archive")
+    os.makedirs(store)
+    for i, data in enumerate(list_files):
+        with open(os.path.join(store, f"user{i:05d}.list"), "wb") as f:
+            f.write(data)
+
+
+def per_item(root: str, min_time: float) -> None:
+    """Print µs per item, before and after, of parsing and of the whole read of the archives under root."""
+    paths = sorted(glob.glob(os.path.join(root, "*", "*", "*.list")))
+    datas = []
+    for path in paths:
+        with open(path, "rb") as f:
+            datas.append(f.read())
+    n_items = sum(len(loads_list(data, "x.list")) for data in datas)
+    backend = InternalBackend({"path": root})
+    entries = [
+        (host, store, user)
+        for host in backend.hosts()
+        for store, kind in backend.stores(host)
+        if kind == "archive"
+        for user in backend.archive_users(host, store)
+    ]
+
+    def parse() -> None:
+        for i, data in enumerate(datas):
+            loads_list(data, f"a{i}.list")
+
+    def read() -> None:
+        for host, store, user in entries:
+            for _item in backend.archive_items(host, store, user):
+                pass
+
+    rows = []
+    for label, run in (("parse (loads_list)", parse), ("whole read (archive_items)", read)):
+        with general_reader():
+            before = timed(run, min_time)
+        after = timed(run, min_time)
+        rows.append((label, before / n_items * 1e6, after / n_items * 1e6))
+    print(f"Archives read per item: {len(datas)} .list files under {root}, {n_items} items.\n")
+    print("| archive items | general reader µs/item | by shape µs/item | speed-up |")
+    print("| --- | ---: | ---: | ---: |")
+    for label, before, after in rows:
+        print(f"| {label} | {before:.2f} | {after:.2f} | {before / after:.2f}x |")
 
 
 def main() -> None:
@@ -153,6 +227,16 @@ def main() -> None:
         rate_s = f"{rate:,.0f}" if rate is not None else ""
         mbs_s = f"{mbs:.1f}" if mbs is not None else ""
         print(f"| {label} | {path} | {rate_s} | {mbs_s} | {note} |")
+    print()
+    if "--corpus" in sys.argv:
+        per_item(sys.argv[sys.argv.index("--corpus") + 1], min_time)
+        return
+    root = tempfile.mkdtemp(prefix="bench_luadata-")
+    try:
+        write_store(root, list_files)
+        per_item(root, min_time)
+    finally:
+        shutil.rmtree(root)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ Prosody's serializer allows. A file outside that grammar (hand edits, older writ
 the Lua sandbox of luasandbox.py instead (``sandbox=False`` makes that an error); LuaDataError
 names the file and the line where the strict reader stopped when that fails too. The reader is
 one compiled regex (``finditer``) driving an iterative state machine, with Prosody's frequent
-shapes fused into single tokens; bench/bench_luadata.py measures it against the sandbox.
+shapes fused into single tokens; bench/bench_luadata.py measures it against the sandbox. Archive
+files go through luashape.py first, which reads the items of a known shape itself and hands
+every other item (one ``item(...)`` statement at a time) to this reader.
 
 Writing: byte for byte what Prosody's ``util.serialization.serialize`` (default preset) writes
 for the same table iterated in our key order: positional items 1..n first, then booleans (false,
@@ -301,7 +303,12 @@ def _merge_fields(arr: list, kd: dict, kpos: dict | None) -> dict:
     return t
 
 
-def _parse(data: bytes, start_state: int) -> Any:
+def _parse(data: bytes, start_state: int, pos: int = 0, one_statement: bool = False) -> tuple[Any, int]:
+    """The value (or list items) of ``data[pos:]`` and where reading ended.
+
+    With ``one_statement`` (list files only) it stops after the first ``item(...)`` statement,
+    so that luashape's reader can take over again from there.
+    """
     state = start_state
     stack: list = []
     arr: list = []
@@ -312,7 +319,7 @@ def _parse(data: bytes, start_state: int) -> Any:
     result: Any = None
     items: list = []
     kcache: dict = {}
-    for m in _TOKEN.finditer(data):
+    for m in _TOKEN.finditer(data, pos):
         kind = m.lastindex
         if kind <= 7:  # ["key"] = ...
             if state != _FIELD:
@@ -435,6 +442,8 @@ def _parse(data: bytes, start_state: int) -> Any:
         elif kind == 26 or kind == 27:
             if state != _LIST_RPAREN:
                 raise _Syntax("unexpected ')'", m.start(26))
+            if one_statement:
+                return items, m.end()
             state = _LIST_START if kind == 27 else _LIST_SEMI
             continue
         elif kind == 28:
@@ -480,7 +489,7 @@ def _parse(data: bytes, start_state: int) -> Any:
                 raise _Syntax("unexpected separator", m.end() - 1)
     if not (state in _EOF_OK or (state == _TOP and start_state == _DAT_START)):
         raise _Syntax("unexpected end of data", len(data))
-    return items if start_state == _LIST_START else result
+    return (items if start_state == _LIST_START else result), len(data)
 
 
 def _top_separator(sep: bytes, state: int, start_state: int) -> bool:
@@ -504,7 +513,11 @@ def _load(data: bytes, source: str, start_state: int, kind: str, sandbox: bool) 
         raise TypeError("Lua data must be bytes")
     data = bytes(data)
     try:
-        return _parse(data, start_state)
+        if start_state == _LIST_START:
+            from .luashape import read_list  # builds on this module: imported when first needed
+
+            return read_list(data)
+        return _parse(data, start_state)[0]
     except _Syntax as exc:
         line = data.count(b"\n", 0, exc.line) + 1
         where = f"line {line}: {exc}"

@@ -287,13 +287,17 @@ class InternalBackend(Backend):
         peer = table.get("with")
         if peer is not None and not isinstance(peer, str):
             raise DecodeError(f"archive peer ('with') {peer!r} is not a string", where)
-        stanza = {k: v for k, v in table.items() if k not in ITEM_FIELDS}
-        stanza["attr"] = {k: v for k, v in table["attr"].items() if k not in STAMP_ATTRS}
+        # The table was just read for this call alone, so find's removal of the stamps is done in
+        # place; deserialize ignores the keys added beside the stanza's (ITEM_FIELDS).
+        attr = table["attr"]
+        for name in STAMP_ATTRS:
+            if name in attr:
+                del attr[name]
         # Not strict: a control character or bytes that are not UTF-8 in a stanza's text, which
         # Prosody's find refuses (failing the whole archive), are data to carry, not to lose; a
         # destination that cannot hold them says so per item (Backend.archive_unstorable).
-        value = Element.deserialize(stanza, where, strict=False)
-        return ArchiveItem(key=key, value=value, when=when, with_=peer)
+        value = Element.deserialize(table, where, strict=False)
+        return ArchiveItem(key, value, when, peer)  # positional arguments: quicker for a frozen dataclass
 
     # writing -------------------------------------------------------------------------------
     def start_batch(self) -> None:
