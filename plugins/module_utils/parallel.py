@@ -120,18 +120,27 @@ def _work(channel: Any, index: int, single: Callable[..., Report], source: Any, 
 
 
 class _Forward:
-    """A worker's progress callback: sends events to the parent, "user" ones at most every 0.2 s."""
+    """A worker's progress callback: sends events to the parent, "user" ones at most every 0.2 s.
+
+    A "user" event held back is sent before the worker's next other event: the parent adds up
+    the workers' counts from "user" events, so a store's last one must not be lost.
+    """
 
     def __init__(self, channel: Any, index: int) -> None:
         self.channel, self.index = channel, index
         self.last = 0.0
+        self.held: Optional[ProgressEvent] = None
 
     def __call__(self, event: ProgressEvent) -> None:
         if event.kind == "user":
             now = time.monotonic()
             if now - self.last < _EVENT_INTERVAL:
+                self.held = event
                 return
             self.last = now
+        elif self.held is not None:
+            self.channel.put(("event", self.index, self.held))
+        self.held = None
         self.channel.put(("event", self.index, event))
 
 
@@ -167,13 +176,19 @@ def _collect(
     return [reports[i] for i in sorted(reports)]
 
 
+_ENDS = frozenset({"store_done", "done"})  # progress events that end a step of the plan
+
+
 class _Progress:
-    """Worker events as one run's: counts added up over the workers, structure from worker 0."""
+    """Worker events as one run's: counts added up over the workers. The end of a step (a store
+    done, the run done) is told once every worker has got there, after all their "user" events
+    of that step, so it carries the whole count."""
 
     def __init__(self, progress: Optional[Callable[[ProgressEvent], None]], jobs: int) -> None:
         self.progress = progress
         self.users: dict[tuple[str, Any, Any], list[int]] = {}
         self.items: dict[str, list[int]] = {}
+        self.reached: dict[tuple[str, str, Any, Any], int] = {}
         self.jobs = jobs
 
     def __call__(self, index: int, event: ProgressEvent) -> None:
@@ -184,8 +199,15 @@ class _Progress:
         users[index] = counts.get("users_done") or 0
         items = self.items.setdefault(event.phase, [0] * self.jobs)
         items[index] = counts.get("items_done") or 0
-        if event.kind != "user" and index != 0:
-            return  # the plan's steps are the same in every worker: worker 0 tells them
+        if event.kind != "user":
+            # The plan's steps are the same in every worker: one that begins something is told
+            # when the first worker gets there, one that ends it when the last does.
+            step = (event.kind, event.phase, event.host, event.store)
+            self.reached[step] = reached = self.reached.get(step, 0) + 1
+            if reached == self.jobs:
+                del self.reached[step]
+            if reached != (self.jobs if event.kind in _ENDS else 1):
+                return
         counts["users_done"], counts["items_done"] = sum(users), sum(items)
         self.progress(replace(event, counts=counts))
 

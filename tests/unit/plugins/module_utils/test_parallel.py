@@ -89,7 +89,12 @@ def test_a_worker_that_dies_fails_the_run(
         migrate(source, _files_dest(tmp_path), jobs=2)
 
 
-def test_progress_adds_up_the_workers(source: dict[str, Any], tmp_path: Any):
+@pytest.mark.parametrize("interval", [None, 3600.0])
+def test_progress_adds_up_the_workers(
+    source: dict[str, Any], tmp_path: Any, monkeypatch: pytest.MonkeyPatch, interval: Any
+):
+    if interval is not None:  # every "user" event after a worker's first is held back
+        monkeypatch.setattr(parallel, "_EVENT_INTERVAL", interval)
     events = []
     migrate(source, _files_dest(tmp_path), jobs=2, progress=events.append)
     kinds = [e.kind for e in events]
