@@ -275,7 +275,7 @@ def _identical(a: Any, b: Any) -> bool:
             type(ka) is type(kb) and ka == kb and _identical(va, vb) for (ka, va), (kb, vb) in zip(a.items(), b.items())
         )
     if type(a) is float:  # pylint: disable=unidiomatic-typecheck
-        return (a == b and math.copysign(1.0, a) == math.copysign(1.0, b)) or (a != a and b != b)
+        return (a == b and math.copysign(1.0, a) == math.copysign(1.0, b)) or (math.isnan(a) and math.isnan(b))
     return a == b
 
 
