@@ -3,7 +3,8 @@
 """The ``prosody-migrator`` command: Prosody's command line, on our engine.
 
 ``prosody-migrator [--config FILE] [--keep-going] [-v] [FROM TO]`` as Prosody's, plus
-``--check``, ``--diff``, ``--verify``, ``--json``, ``--hosts`` and ``--stores``. The summary goes
+``--check``, ``--diff``, ``--verify``, ``--json``, ``--hosts``, ``--stores``, ``--jobs`` and
+``--state``/``--no-state``. The summary goes
 to stdout, progress (on a terminal only), logging and errors to stderr. Every text written goes
 through a Scrubber that knows the config's passwords, as a last guard behind the engine's own.
 """
@@ -26,6 +27,7 @@ from .errors import ProsodyMigrateError
 from .parallel import MAX_JOBS, default_jobs
 from .plan import ConfigError
 from .report import Failure, ProgressEvent, Report, Scrubber, StoreResult, find_secrets
+from .state import default_path
 
 PROG = "prosody-migrator"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -36,6 +38,8 @@ Copy a Prosody server's data from one storage backend to another, as Prosody's
 prosody-migrator does, reading the same migrator.cfg.lua. FROM and TO name stores the
 config file defines ('input' and 'output' when none are given). A run compares with the
 destination first and writes only what differs, so running it again changes nothing.
+A state file remembers the entries found equal, so that a run skips those unchanged on both
+sides since (see --state).
 """
 _EPILOG = f"""\
 exit status:
@@ -89,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         type=_jobs,
         help=f"worker processes sharing the users (default: one per core, at most {MAX_JOBS}; 1: no workers)",
+    )
+    state = parser.add_mutually_exclusive_group()
+    state.add_argument(
+        "--state",
+        metavar="FILE",
+        help="the state file that lets a run skip entries unchanged on both sides since a run found them equal "
+        "(default: $XDG_STATE_HOME/xmpp-prosody/<digest of FROM and TO>.sqlite, ~/.local/state when unset)",
+    )
+    state.add_argument(
+        "--no-state", action="store_true", help="use no state file: compare every entry (and record nothing)"
     )
     return parser
 
@@ -152,6 +166,8 @@ def _run(args: argparse.Namespace, out: _Console) -> int:
         jobs=args.jobs or default_jobs(),
     )
     try:
+        if not args.no_state:
+            options.state = args.state or default_path(source, dest)
         report = run_migration(source, dest, options)
     except (ConfigError, SqlConfigError) as exc:
         return _fail(out, progress, f"{PROG}: error: {exc}", EXIT_USAGE)

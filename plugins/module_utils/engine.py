@@ -42,6 +42,13 @@ several (``Options.partition``) the destination is told so (``Backend.concurrent
 SQLite3 one then holds each batch until the flush, where an entry it refuses (``EntriesRefused``)
 becomes a failure of its own in the same way, the batch's other entries being written.
 
+With ``Options.state`` (a file, state.py), an entry whose fingerprints on both sides
+(``Backend.fingerprints``) are those it had when a run last found it equal, or wrote it and saw
+the batch made durable, is skipped without reading it: counted unchanged, as a compare would
+count it. Only the copy phase skips; verify reads everything. Nothing is recorded for an entry
+that failed, has items the destination cannot hold, or was written in a batch that was lost,
+nor in check mode (which still skips what the state allows).
+
 Memory is bounded by one user's store: users are enumerated lazily and nothing is kept per host
 (a SQLite3 worker also holds one batch's rows until its flush).
 """
@@ -59,11 +66,12 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from . import parallel
 from .backends import backend_params, open_backend
-from .backends.base import ArchiveItem, Backend, EntriesRefused, RefusedEntry, WritesLost
+from .backends.base import ArchiveItem, Backend, EntriesRefused, Entry, RefusedEntry, WritesLost
 from .compare import same_item, same_value
 from .errors import ProsodyMigrateError
 from .plan import ConfigError, Plan, StoreSpec, build_plan
 from .report import Failure, ProgressEvent, Report, Scrubber, StoreResult, jsonable, mask_secrets
+from .state import NOTHING, Record, StateError, Tracker, Written, open_state
 
 __all__ = ["ConfigError", "Options", "ProgressEvent", "Report", "run_migration"]
 
@@ -75,6 +83,9 @@ PUBSUB_SERVICE_STORE = "pubsub_nodes"  # mod_pubsub's node list; its "users" are
 # make it a small part of the run, while a crash loses at most this much work, which a re-run redoes.
 BATCH_ROWS = 2000
 BATCH_SECONDS = 2.0
+# With a state file, the users of a store are fingerprinted (and looked up in the state) this many
+# at a time, ahead of copying them: one query per run of users rather than one per user.
+PLAN_USERS = 200
 
 
 @dataclass
@@ -82,7 +93,8 @@ class Options:
     """How to run: ``check`` writes nothing, ``diff`` records what changes, ``verify`` reads the
     destination back, ``keep_going`` records failures and goes on, ``hosts``/``stores`` narrow
     the plan, ``progress`` is called with each ProgressEvent, ``jobs`` > 1 splits the users over
-    that many worker processes (parallel.py)."""
+    that many worker processes (parallel.py), ``state`` names the file that lets unchanged
+    entries be skipped (state.py; None: every entry is compared)."""
 
     check: bool = False
     diff: bool = False
@@ -98,6 +110,7 @@ class Options:
     # next user once set (any worker's first failure sets it, keep_going being off).
     partition: Optional[tuple[int, int]] = None
     stop: Optional[Any] = None
+    state: Optional[str] = None
 
 
 class _Stop(Exception):
@@ -115,6 +128,7 @@ class _Written(NamedTuple):
     counted: str
     added: int = 0
     replaced: int = 0
+    record: Optional[Written] = None  # what to record in the state once the batch is durable
 
 
 def _absent(value: Any) -> bool:
@@ -131,10 +145,18 @@ class _Run:
     """One run over a plan; ``phase`` is "copy" or "verify"."""
 
     def __init__(
-        self, src: Backend, dst: Backend, plan: Plan, options: Options, report: Report, scrub: Scrubber
+        self,
+        src: Backend,
+        dst: Backend,
+        plan: Plan,
+        options: Options,
+        report: Report,
+        scrub: Scrubber,
+        tracker: Optional[Tracker] = None,
     ) -> None:
         self.src, self.dst, self.plan = src, dst, plan
         self.options, self.report, self.scrub = options, report, scrub
+        self.tracker = tracker
         self.phase = "copy"
         self.counts: dict[str, Optional[int]] = {}
         self._results: dict[tuple[str, str, str], StoreResult] = {}
@@ -202,20 +224,32 @@ class _Run:
         except EntriesRefused as exc:
             for entry in exc.entries:
                 self._refused(entry)
+            self._durable()  # the batch's other entries were written
             if not self.options.keep_going and not stopping:
                 raise _Stop from None
         except ProsodyMigrateError as exc:
             self._lose(self.scrub(str(exc)))
             if not self.options.keep_going and not stopping:
                 raise _Stop from None
+        else:
+            self._durable()
         finally:
+            if self.tracker is not None:
+                self.tracker.save(force=stopping)
             self._pending.clear()
             self._pending_rows = 0
             self._batch_start = time.monotonic()
             self.scrub.forget()  # no text can quote the batch's entries any more
 
+    def _durable(self) -> None:
+        """The batch's pending entries are durable: the state may record them."""
+        if self.tracker is not None:
+            self.tracker.flushed([w.record for w in self._pending if w.record is not None])
+
     def _lose(self, reason: str) -> None:
         """The batch's writes are gone: each user in it becomes a failure, no longer created/updated."""
+        if self.tracker is not None:
+            self.tracker.lost()
         for written in self._pending:
             self._unwrite(written, f"written, but the batch holding the write was lost: {reason}")
         self._pending.clear()
@@ -300,27 +334,71 @@ class _Run:
         else:
             self._keyval_store(host, spec.name, spec.type == "pubsub")
         self._flush()
+        if self.tracker is not None:
+            self.tracker.save()
+            self.tracker.forget()
         self.counts["stores_done"] += 1
         self._emit("store_done", host, spec.name)
 
-    def _users(self, host: str, store: str, type_: str, list_users: Callable[[], Iterator[str]]) -> Iterator[str]:
-        """A store's users, read lazily; a failure to list them is a store-level failure."""
+    def _users(
+        self, host: str, store: str, type_: str, list_users: Callable[[], Iterator[str]], planned: bool = False
+    ) -> Iterator[str]:
+        """A store's users, read lazily; a failure to list them is a store-level failure.
+
+        ``planned``: with a state, PLAN_USERS users at a time are taken ahead and planned
+        (Tracker.plan); a failure to list the rest comes after those taken are done."""
         users = self._guard(host, store, None, "store", type_, lambda: iter(list_users()))
         if users is None:
             return
         hint = operator.length_hint(users, -1)
         self.counts["users_total"] = hint if hint >= 0 else None
-        while True:
-            user = self._guard(host, store, None, "store", type_, lambda: next(users, StopIteration))
-            if user is None or user is StopIteration:
-                return
-            if self.options.stop is not None and self.options.stop.is_set():
-                raise _Stop  # another worker failed
-            if not self._mine(user):
-                continue
-            yield user
-            self.counts["users_done"] += 1
-            self._emit("user", host, store, user)
+        ahead = PLAN_USERS if planned and self._planning() else 1
+        exhausted, failed = False, None
+        while not exhausted:
+            taken: list[str] = []
+            while len(taken) < ahead:
+                try:
+                    user = next(users)
+                except StopIteration:
+                    exhausted = True
+                    break
+                except ProsodyMigrateError as exc:
+                    exhausted, failed = True, exc
+                    break
+                if self._mine(user):
+                    taken.append(user)
+            if planned:
+                self._plan_entries(host, store, type_, list(taken))
+            for user in taken:
+                if self.options.stop is not None and self.options.stop.is_set():
+                    raise _Stop  # another worker failed
+                yield user
+                self.counts["users_done"] += 1
+                self._emit("user", host, store, user)
+        if failed is not None:
+            self._guard(host, store, None, "store", type_, lambda: _raise(failed))
+
+    def _planning(self) -> bool:
+        return self.tracker is not None and self.tracker.active and self.phase == "copy"
+
+    def _plan_entries(self, host: str, store: str, kind: str, users: list[Optional[str]]) -> None:
+        """Decide which of the entries ahead to skip (with a state, copying only)."""
+        if not users or not self._planning():
+            return
+        may_hold = self._empty != (host, store, kind) and not self._dst_missing()
+        try:
+            self.tracker.plan(host, store, kind, users, may_hold)  # type: ignore[union-attr]
+        except WritesLost as exc:
+            # The destination lost the batch while answering: the batch's users failed.
+            self._lose(self.scrub(str(exc)))
+            if not self.options.keep_going:
+                raise _Stop from None
+
+    def _skipped(self, entry: Entry) -> Optional[Record]:
+        """The state's record of an entry to skip, else None."""
+        if self.tracker is None or self.phase != "copy":
+            return None
+        return self.tracker.skip(entry)
 
     def _mine(self, user: str) -> bool:
         """Whether this run takes the user: always, unless it is one worker of several."""
@@ -334,12 +412,16 @@ class _Run:
         return self.options.partition is None or self.options.partition[0] == 0
 
     def _keyval_store(self, host: str, store: str, pubsub: bool) -> None:
+        # A pubsub node list is never skipped: its value names the nodes whose items come along.
         service = pubsub and store == PUBSUB_SERVICE_STORE
         if self._host_level():
+            if not pubsub:
+                self._plan_entries(host, store, "keyval", [None])
             value = self._guard(host, store, None, "host", "keyval", lambda: self._keyval(host, store, None))
             if pubsub and not service:
                 self._node_items(host, store + "_", _node_names(value), None)
-        for user in self._users(host, store, "keyval", lambda: self.src.keyval_users(host, store)):
+        listed = self._users(host, store, "keyval", lambda: self.src.keyval_users(host, store), not pubsub)
+        for user in listed:
             value = self._guard(host, store, user, "user", "keyval", lambda u=user: self._keyval(host, store, u))
             if service:
                 # mod_pubsub: the node list's "user" is the node, its items are host-level data.
@@ -351,6 +433,7 @@ class _Run:
     def _node_items(self, host: str, prefix: str, nodes: list[str], user: Optional[str]) -> None:
         for node in nodes:
             store = prefix + node
+            self._plan_entries(host, store, "archive", [user])
             self._guard(
                 host,
                 store,
@@ -362,8 +445,9 @@ class _Run:
 
     def _archive_store(self, host: str, store: str) -> None:
         if self._host_level():
+            self._plan_entries(host, store, "archive", [None])
             self._guard(host, store, None, "host", "archive", lambda: self._archive(host, store, None))
-        for user in self._users(host, store, "archive", lambda: self.src.archive_users(host, store)):
+        for user in self._users(host, store, "archive", lambda: self.src.archive_users(host, store), True):
             self._guard(host, store, user, "user", "archive", lambda u=user: self._archive(host, store, u))
 
     def _dst_missing(self) -> bool:
@@ -402,7 +486,22 @@ class _Run:
 
     # keyval -----------------------------------------------------------------------------------
     def _keyval(self, host: str, store: str, user: Optional[str]) -> Any:
-        """Copy (or verify) one keyval value; returns the source's value."""
+        """Copy (or verify) one keyval value; returns the source's value (None when skipped)."""
+        entry = (host, store, "keyval", user)
+        skipped = self._skipped(entry)
+        if skipped is not None:
+            if skipped is not NOTHING or user is not None:  # as an absent value is counted below
+                self._result(host, store, "keyval").users_unchanged += 1
+            return None
+        try:
+            return self._keyval_compared(entry)
+        except BaseException:
+            if self.tracker is not None:
+                self.tracker.failed(entry)
+            raise
+
+    def _keyval_compared(self, entry: Entry) -> Any:
+        host, store, _kind, user = entry
         value = self.src.keyval_get(host, store, user)
         self.scrub.learn(value)
         if _absent(value):
@@ -420,6 +519,8 @@ class _Run:
         result = self._result(host, store, "keyval")
         if same:
             result.users_unchanged += 1
+            if self.tracker is not None:
+                self.tracker.equal(entry)
             return value
         created = _absent(current)
         if not self.options.check:
@@ -444,7 +545,9 @@ class _Run:
         if not self.options.check:
             # A table is a row per field in SQL: a batch of 2000 rosters was 60,000 rows, held for replay.
             rows = len(value) if isinstance(value, dict) else 1
-            self._wrote(_Written(host, store, "keyval", user, "users_created" if created else "users_updated"), rows)
+            record = self.tracker.written(entry, True) if self.tracker is not None else None
+            counted = "users_created" if created else "users_updated"
+            self._wrote(_Written(host, store, "keyval", user, counted, record=record), rows)
         return value
 
     def _mismatch(self, host: str, store: str, user: Optional[str], reason: str) -> None:
@@ -463,6 +566,25 @@ class _Run:
 
     def _archive(self, host: str, store: str, user: Optional[str]) -> None:
         """Copy (or verify) one user's archive: read both sides once, write what differs at once."""
+        entry = (host, store, "archive", user)
+        record = self._skipped(entry)
+        if record is NOTHING:
+            return  # nothing held here, as for an empty archive below
+        if record is not None:
+            result = self._result(host, store, "archive")
+            result.users_unchanged += 1
+            result.items_unchanged += record.items
+            self._quota_warning(host, store, user, record.dst_items)
+            return
+        try:
+            self._archive_compared(entry)
+        except BaseException:
+            if self.tracker is not None:
+                self.tracker.failed(entry)
+            raise
+
+    def _archive_compared(self, entry: Entry) -> None:
+        host, store, _kind, user = entry
         wanted = self._source_items(host, store, user)
         if not wanted:
             return  # nothing held here, at host level or for a node without items
@@ -509,8 +631,18 @@ class _Run:
         else:
             counted = "users_updated" if current else "users_created"
         setattr(result, counted, getattr(result, counted) + 1)
+        record = None
+        if self.tracker is not None:
+            # What a skip of this entry would report: its items, and the destination's for the quota.
+            counted_items = (len(wanted), len(current) + len(added))
+            if unstorable:
+                self.tracker.failed(entry)  # a re-run must fail those items again
+            elif not new:
+                self.tracker.equal(entry, *counted_items)
+            elif not self.options.check:
+                record = self.tracker.written(entry, not current, *counted_items)
         if new and not self.options.check:
-            self._wrote(_Written(host, store, "archive", user, counted, len(added), len(replaced)), len(new))
+            self._wrote(_Written(host, store, "archive", user, counted, len(added), len(replaced), record), len(new))
         if unstorable and not self.options.keep_going:
             # The rest of the archive is written; the user still counts as failed, and the run
             # stops here unless told to keep going, as for any other failure.
@@ -559,6 +691,10 @@ class _Run:
                 f"host {host!r}, store {store!r}: {whose} holds {count} items in the file store; Prosody adds no "
                 f"new items to an archive holding storage_archive_item_limit (default {FILE_ARCHIVE_LIMIT}) or more"
             )
+
+
+def _raise(exc: BaseException) -> Any:
+    raise exc
 
 
 def _tail(wanted: dict[str, ArchiveItem], changed: set[str], current: dict[str, ArchiveItem]) -> list[ArchiveItem]:
@@ -626,6 +762,29 @@ def _planned(source: Mapping[str, Any], destination: Mapping[str, Any], options:
     return report
 
 
+def _tracker(
+    source: Mapping[str, Any],
+    destination: Mapping[str, Any],
+    options: Options,
+    src: Backend,
+    dst: Backend,
+    report: Report,
+    scrub: Scrubber,
+) -> Optional[Tracker]:
+    """The state file's tracker, or None (no state asked for, none yet in check mode, or unusable:
+    then a warning, and every entry is compared)."""
+    if options.state is None:
+        return None
+    try:
+        state = open_state(options.state, source, destination, writable=not options.check)
+    except StateError as exc:
+        report.warn(scrub(f"{exc}; this run compares every entry (no skipping of unchanged entries)"))
+        return None
+    if state is None:
+        return None
+    return Tracker(state, src, dst, lambda message: report.warn(scrub(message)))
+
+
 def run_migration(
     source: Mapping[str, Any], destination: Mapping[str, Any], options: Optional[Options] = None
 ) -> Report:
@@ -635,7 +794,8 @@ def run_migration(
         return parallel.run(source, destination, options, options.jobs, run_migration, _planned)
     report, scrub = _new_report(source, destination, options)
     with _opened(source, destination, options, report, scrub) as (src, dst, plan):
-        run = _Run(src, dst, plan, options, report, scrub)
+        tracker = _tracker(source, destination, options, src, dst, report, scrub)
+        run = _Run(src, dst, plan, options, report, scrub, tracker)
         try:
             run.run("copy")
             if options.verify:
@@ -645,5 +805,8 @@ def run_migration(
             report.stopped = True
             if options.stop is not None:
                 options.stop.set()  # the other workers stop at their next user
+        finally:
+            if tracker is not None:
+                tracker.close()
     report.failed = bool(report.failures) or report.verified is False
     return report

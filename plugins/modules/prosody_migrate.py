@@ -36,7 +36,8 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Reads both sides and computes every result, including the diff, and writes nothing.
+    details: Reads both sides and computes every result, including the diff, and writes nothing (the state file
+      of O(skip_unchanged) is only read).
   diff_mode:
     support: full
     details: One diff per host, store and user that changes; account secrets are masked.
@@ -190,6 +191,26 @@ options:
         it in one short transaction at the batch's end. An entry the database refuses there fails alone, and
         without O(keep_going) the run stops at the end of that batch rather than at the entry.
     type: int
+  skip_unchanged:
+    description:
+      - Skip, without reading them, the entries (one user's value or archive, or a host's own data) that neither
+        side has changed since a run found them equal or wrote them, as O(state_file) records. They are reported
+        unchanged, as a compare would report them, so that a run over an unchanged destination is quick.
+      - A change is told by the file's identity, size and times in a file store, and by a digest of every row of
+        the entry, computed by the database server (on SQLite3 by the module), in a SQL store.
+      - V(false) compares every entry and uses no state file. O(verify) reads everything back all the same.
+    type: bool
+    default: true
+  state_file:
+    description:
+      - The file on the managed host, an SQLite database, that records the entries found equal, for
+        O(skip_unchanged). It is created when missing, with its directory; check mode only reads it.
+      - When not given, C(xmpp-prosody/<digest>.sqlite) under C($XDG_STATE_HOME) (C(~/.local/state) when unset)
+        of the user the module runs as, the digest naming the source and destination.
+      - A state file of another source, destination or version of this collection is emptied and used anew.
+        One that cannot be used (unreadable, not writable, not a state file) gives a warning and a run that
+        compares every entry, never a failure. Removing the file makes the next run compare every entry.
+    type: path
 notes:
   - Stop Prosody, or at least keep it from writing to the source, while the data is migrated.
   - The module runs on the managed host; the paths and database servers are as that host sees them.
@@ -306,7 +327,9 @@ stores:
       description: Entries the destination held with a different value or different items.
       type: int
     users_unchanged:
-      description: Entries the destination already held as the source does (or the source holds empty).
+      description:
+        - Entries the destination already held as the source does (or the source holds empty), including
+          those skipped as unchanged since an earlier run (O(skip_unchanged)).
       type: int
     users_failed:
       description: Entries that could not be migrated.
@@ -318,7 +341,7 @@ stores:
       description: Archive items the destination held under the same key with different content.
       type: int
     items_unchanged:
-      description: Archive items the destination already held.
+      description: Archive items the destination already held (a skipped archive's items as last counted).
       type: int
     items_failed:
       description: Archive items that could not be written.
@@ -439,6 +462,7 @@ from ansible_collections.xmpp.prosody.plugins.module_utils.errors import Prosody
 from ansible_collections.xmpp.prosody.plugins.module_utils.parallel import default_jobs
 from ansible_collections.xmpp.prosody.plugins.module_utils.plan import ConfigError
 from ansible_collections.xmpp.prosody.plugins.module_utils.report import Report, Scrubber, find_secrets
+from ansible_collections.xmpp.prosody.plugins.module_utils.state import default_path
 
 # The third-party libraries, by the name pip knows them: which stores need them is decided per run.
 LIBRARIES: dict[str, Optional[str]] = {}
@@ -488,6 +512,8 @@ def argument_spec() -> dict[str, Any]:
         "keep_going": {"type": "bool", "default": False},
         "verify": {"type": "bool", "default": False},
         "jobs": {"type": "int"},
+        "skip_unchanged": {"type": "bool", "default": True},
+        "state_file": {"type": "path"},
     }
 
 
@@ -685,6 +711,8 @@ def run_module(module: AnsibleModule) -> None:
         stores=params["stores"] or None,
         jobs=params["jobs"] or default_jobs(),
     )
+    if params["skip_unchanged"]:
+        options.state = params["state_file"] or default_path(source, destination)
     try:
         report = run_migration(source, destination, options)
     except ProsodyMigrateError as exc:

@@ -1,8 +1,10 @@
-"""Shared test setup: make prosody_oracle importable and set Hypothesis's profiles."""
+"""Shared test setup: make prosody_oracle importable, set Hypothesis's profiles, keep state files out of $HOME."""
 
 import os
 import sys
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -14,3 +16,17 @@ _COMMON = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, Hea
 settings.register_profile("ci", max_examples=300, derandomize=True, **_COMMON)
 settings.register_profile("explore", max_examples=2000, **_COMMON)
 settings.load_profile("ci")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """prosody-migrator's default state files go to a temporary directory, never the user's home.
+    Session-scoped (set in os.environ, not with monkeypatch): Hypothesis refuses function-scoped
+    fixtures around its tests."""
+    saved = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("xdg-state"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = saved

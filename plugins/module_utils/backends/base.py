@@ -10,11 +10,16 @@ values are usually ``stanza.Element``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from ..errors import ProsodyMigrateError
+
+# One entry: (host, store, kind "keyval" or "archive", user or None for the host-level entry).
+Entry = tuple[str, str, str, Optional[str]]
+# The fingerprint of an entry that is not there (no file, no row).
+ABSENT = "absent"
 
 
 class WritesLost(ProsodyMigrateError):
@@ -112,6 +117,26 @@ class Backend(abc.ABC):
         no user's entry and no host-level one. False means it may hold something: the default,
         for a backend that cannot tell cheaply; the engine then reads each entry."""
         return False
+
+    def fingerprints(self, entries: Sequence[Entry]) -> dict[Entry, str | None]:
+        """A token per entry that changes whenever the entry's content changes: ABSENT when the
+        entry is not there, None when this backend cannot tell (the entry is then always compared).
+
+        Two equal tokens of an entry mean its content is the same; different tokens need not mean
+        it differs. The engine skips an entry whose tokens on both sides are those it had when last
+        found equal (state.py). The default, for a backend that cannot tell cheaply: None for all.
+        """
+        return {entry: None for entry in entries}
+
+    def track_writes(self) -> None:  # noqa: B027 - optional: the default notes nothing
+        """From now on, note what each write leaves, for ``written_fingerprints``."""
+
+    def written_fingerprints(self, entries: Sequence[Entry]) -> dict[Entry, str | None]:
+        """The fingerprints ``fingerprints`` would give now for entries whose last write replaced
+        all of their content and is durable, computed from what was written, without reading;
+        None where this backend cannot tell (the default: then ``fingerprints`` is asked). Each
+        call forgets every write noted before it."""
+        return {entry: None for entry in entries}
 
     # batching ------------------------------------------------------------------------------
     def prepare_writes(self) -> None:  # noqa: B027 - optional: most backends need nothing

@@ -9,6 +9,7 @@ driver's own syntax. MySQL connections run with ANSI_QUOTES so the double quotes
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,6 +26,7 @@ from ..errors import ProsodyMigrateError
 SQLITE_BUSY_TIMEOUT_MS = 60000
 # Rows per multi-row INSERT statement (PostgreSQL's pipelined path): well under any bind limit.
 VALUES_CHUNK = 100
+DIGEST_SIZE = 20  # bytes of the BLAKE2b digest of an entry's rows on SQLite3
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
@@ -135,6 +137,11 @@ class Dialect:
         its own result. Inside one, ``insert_many`` may not be used, only ``insert_values``."""
         return nullcontext()
 
+    def execute_once(self, cur: Any, query: str, params: Sequence[Any]) -> None:
+        """Run a query without preparing it: one whose best plan depends on its values (a list
+        of users), where a prepared statement's generic plan can be many times slower."""
+        cur.execute(query, params)
+
     # query text ---------------------------------------------------------------------------
     def sql(self, text: str) -> str:
         return text.replace("{t}", self.text_marker).replace("{n}", self.number_marker)
@@ -207,6 +214,71 @@ class Dialect:
 
     def index_column(self, column: str) -> str:
         return f'"{column}"'
+
+    # fingerprints ---------------------------------------------------------------------------
+    # Whether digest_query computes the digests (else it gives the raw rows, for the backend to hash).
+    server_digest = True
+    digest_setup: Optional[str] = None  # a statement to run before digest_query
+
+    def digest_query(
+        self, table: str, columns: Sequence[str], ordered: bool, host: str, store: str, users: Sequence[str]
+    ) -> tuple[str, list[Any]]:
+        """A query, and its values, giving (user, digest, complete) for each of the users with rows
+        of this host and store: a digest of the columns of the user's rows (in ``sort_id`` order
+        when ``ordered``, else in an order of their own), ``complete`` false when it could not take
+        in every row. Without ``server_digest``, the query gives (user, *columns) for the backend to
+        hash, ordered by user and then as the digest wants."""
+        parts, params = [], []
+        for column, value in (("host", host), ("store", store)):
+            fragment, times = self.eq(column)
+            parts.append(fragment)
+            params.extend([self.bind_text(value)] * times)
+        condition, bound = self.any_of("user", users)
+        return self.digest_select(table, columns, ordered, " AND ".join([*parts, condition])), [*params, *bound]
+
+    def digest_select(self, table: str, columns: Sequence[str], ordered: bool, where: str) -> str:
+        """digest_query's text, for the rows matching ``where``."""
+        raise NotImplementedError
+
+    def digest_rows(self, rows: Sequence[tuple[Any, ...]], ordered: bool) -> str:
+        """The fingerprint digest_query gives for an entry holding exactly these rows (its digest
+        columns, in ``sort_id`` order when ``ordered``), computed here from the rows written,
+        without reading them back: the servers' md5 of each row's columns as <characters>:<text>
+        (a time as its decimal text), then the md5 of those, in order or sorted."""
+        hashes = []
+        for row in rows:
+            if len(row) == 5:  # an archive row, spelt out: some 100,000 are written per second
+                key, when, peer, type_, value = row
+                time = str(when)
+                text = f"{len(key)}:{key}{len(time)}:{time}{len(peer)}:{peer}{len(type_)}:{type_}{len(value)}:{value}"
+            else:
+                text = "".join([f"{len(t)}:{t}" for t in map(str, row)])
+            hashes.append(_md5(text.encode("utf-8", "surrogateescape")))
+        if not ordered:
+            hashes.sort()  # as the servers sort them: by their bytes
+        return "sql " + _md5("".join(hashes).encode())
+
+
+def _md5(data: bytes) -> str:
+    # A fingerprint, not a safeguard: allowed where a FIPS mode forbids MD5 for security.
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def row_bytes(values: Sequence[Any]) -> bytes:
+    """A row (text as bytes) as bytes that tell its values apart: their sizes (and an integer
+    time) before them. A row of other types (a REAL time, a NULL) takes the slower, general form:
+    a Python literal of each value's size or the value itself, then the bytes."""
+    if len(values) == 5:
+        key, when, peer, type_, value = values
+        if when.__class__ is int and key.__class__ is peer.__class__ is type_.__class__ is value.__class__ is bytes:
+            sizes = (len(key), when, len(peer), len(type_), len(value))
+            return b"%d,%d,%d,%d,%d;%b%b%b%b" % (*sizes, key, peer, type_, value)
+    elif len(values) == 3:
+        key, type_, value = values
+        if key.__class__ is type_.__class__ is value.__class__ is bytes:
+            return b"%d,%d,%d;%b%b%b" % (len(key), len(type_), len(value), key, type_, value)
+    head = tuple([len(v) if v.__class__ is bytes else (v,) for v in values])
+    return repr(head).encode() + b"".join([v for v in values if v.__class__ is bytes])
 
 
 def _surrogates(text: str) -> bool:
@@ -313,6 +385,60 @@ class SQLite3(Dialect):
             '"when" INTEGER NOT NULL, "with" TEXT NOT NULL, "type" TEXT NOT NULL, "value" TEXT NOT NULL)',
         }
 
+    server_digest = False  # SQLite has no digest function: the backend hashes the rows this query gives
+
+    def digest_select(self, table: str, columns: Sequence[str], ordered: bool, where: str) -> str:
+        # Text as its bytes (no decoding, to hash them); the time as it is, an integer or an exact REAL.
+        picked = ", ".join(f'"{c}"' if c == "when" else f'CAST("{c}" AS BLOB)' for c in columns)
+        order = '"sort_id"' if ordered else ", ".join(f'"{c}"' for c in columns)
+        return f'SELECT "user", {picked} FROM "{table}" WHERE {where} ORDER BY "user", {order}'
+
+    def digest_rows(self, rows: Sequence[tuple[Any, ...]], ordered: bool) -> str:
+        # As the backend hashes digest_query's rows: text as its bytes (sorted as BINARY sorts),
+        # a whole REAL time as the integer an INTEGER column turns it into.
+        digest = hashlib.blake2b(digest_size=DIGEST_SIZE)
+        (_hash_archive_rows if ordered else _hash_keyval_rows)(digest, rows)
+        return "sql " + digest.hexdigest()
+
+
+# Both hash rows as row_bytes does the rows read back, its usual forms spelt out for speed (no
+# tuple of encoded values built per row): some 100,000 rows are written per second.
+def _hash_archive_rows(digest: Any, rows: Sequence[tuple[Any, ...]]) -> None:
+    for row in rows:
+        key, when, peer, type_, value = row
+        if when.__class__ is int and key.__class__ is peer.__class__ is type_.__class__ is value.__class__ is str:
+            k = key.encode("utf-8", "surrogateescape")
+            p = peer.encode("utf-8", "surrogateescape")
+            t = type_.encode("utf-8", "surrogateescape")
+            v = value.encode("utf-8", "surrogateescape")
+            digest.update(b"%d,%d,%d,%d,%d;%b%b%b%b" % (len(k), when, len(p), len(t), len(v), k, p, t, v))
+        else:
+            digest.update(row_bytes(tuple(_as_stored(x) for x in row)))
+
+
+def _hash_keyval_rows(digest: Any, rows: Sequence[tuple[Any, ...]]) -> None:
+    try:
+        encoded = sorted([(k.encode(*_RAW), t.encode(*_RAW), v.encode(*_RAW)) for k, t, v in rows])
+    except AttributeError:  # bytes bound for text that is not UTF-8
+        encoded = sorted(tuple(_as_stored(x) for x in row) for row in rows)
+    for values in encoded:
+        k, t, v = values
+        if k.__class__ is t.__class__ is v.__class__ is bytes:
+            digest.update(b"%d,%d,%d;%b%b%b" % (len(k), len(t), len(v), k, t, v))
+        else:
+            digest.update(row_bytes(values))
+
+
+_RAW = ("utf-8", "surrogateescape")  # text as SQLite3 holds it: its bytes, those that are not UTF-8 kept
+
+
+def _as_stored(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode(*_RAW)
+    if isinstance(value, float) and value.is_integer() and -(2**63) <= value < 2**63:
+        return int(value)
+    return value
+
 
 def _uri_path(path: str) -> str:
     from urllib.parse import quote
@@ -358,6 +484,9 @@ class PostgreSQL(Dialect):
 
     def pipeline(self, conn: Any) -> AbstractContextManager[Any]:
         return conn.pipeline() if self.pipelines else nullcontext()
+
+    def execute_once(self, cur: Any, query: str, params: Sequence[Any]) -> None:
+        cur.execute(query, params, prepare=False)
 
     def any_of(self, column: str, texts: Sequence[str]) -> tuple[str, list[Any]]:
         # One array parameter: the same statement text (prepared once) for any number of keys.
@@ -407,6 +536,23 @@ class PostgreSQL(Dialect):
             chunk = rows[start : start + VALUES_CHUNK]
             marks = ", ".join([mark] * len(chunk))
             cur.execute(f'INSERT INTO "{table}" ({cols}) VALUES {marks}', [v for row in chunk for v in row])
+
+    def digest_query(
+        self, table: str, columns: Sequence[str], ordered: bool, host: str, store: str, users: Sequence[str]
+    ) -> tuple[str, list[Any]]:
+        # Each column as <length>:<text>, a NULL as "-" (a length never starts so): one text per
+        # row that tells its columns apart. Its md5, and the md5 of the rows' md5s in order. One
+        # subquery per user, looked up by (host, user, store), which lead every index: a plan that
+        # does not depend on what the planner knows of the table (nothing, on a first run).
+        row = " || ".join(f"""coalesce(length("{c}"::text) || ':' || "{c}"::text, '-')""" for c in columns)
+        order, position = ("o", ', "sort_id" AS o') if ordered else ('h COLLATE "C"', "")
+        digest = (
+            f"SELECT md5(string_agg(h, '' ORDER BY {order})) AS d FROM (SELECT md5({row}) AS h{position} "
+            f'FROM "{table}" WHERE "host" = %s AND "user" = u.name AND "store" = %s) AS r'
+        )
+        query = f"SELECT u.name, t.d, true FROM unnest(%s::text[]) AS u(name), LATERAL ({digest}) AS t"
+        query += " WHERE t.d IS NOT NULL"
+        return query, [list(users), host, store]
 
 
 class MySQL(Dialect):
@@ -527,6 +673,20 @@ class MySQL(Dialect):
     def index_column(self, column: str) -> str:
         # TEXT needs a prefix length in a MySQL index; Prosody uses 20 characters.
         return f'"{column}"' if column in ("when", "sort_id") else f'"{column}"(20)'
+
+    # GROUP_CONCAT stops at group_concat_max_len (1024 by default): 32 characters a row here.
+    digest_setup = "SET SESSION group_concat_max_len = 1073741824"  # the largest MariaDB takes
+
+    def digest_select(self, table: str, columns: Sequence[str], ordered: bool, where: str) -> str:
+        # As PostgreSQL's; grouped by the user's bytes (utf8mb4_bin would put 'a' and 'a ' together),
+        # and incomplete when GROUP_CONCAT was cut (or NULL, past max_allowed_packet).
+        row = "CONCAT(" + ", ".join(f"""COALESCE(CONCAT(CHAR_LENGTH("{c}"), ':', "{c}"), '-')""" for c in columns) + ")"
+        order, position = ("o", ', "sort_id" AS o') if ordered else ("h", "")
+        return (
+            'SELECT u, MD5(g), COALESCE(LENGTH(g) = 32 * n, 0) FROM (SELECT CAST("user" AS BINARY) AS u, '
+            f"COUNT(*) AS n, GROUP_CONCAT(h ORDER BY {order} SEPARATOR '') AS g FROM (SELECT \"user\", "
+            f'MD5({row}) AS h{position} FROM "{table}" WHERE {where}) AS r GROUP BY CAST("user" AS BINARY)) AS t'
+        )
 
     def row_limit(self, cur: Any) -> Optional[int]:
         cur.execute("SELECT @@SESSION.max_allowed_packet")

@@ -24,14 +24,14 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Callable
 
 from .. import fsutil
 from ..errors import DecodeError, EncodeError, ProsodyMigrateError
 from ..luadata import dumps_dat, dumps_list, loads_dat, loads_list
 from ..stanza import Element
-from .base import ArchiveItem, Backend
+from .base import ABSENT, ArchiveItem, Backend, Entry
 
 DAT = b".dat"
 LIST = b".list"
@@ -298,6 +298,26 @@ class InternalBackend(Backend):
         # destination that cannot hold them says so per item (Backend.archive_unstorable).
         value = Element.deserialize(table, where, strict=False)
         return ArchiveItem(key, value, when, peer)  # positional arguments: quicker for a frozen dataclass
+
+    def fingerprints(self, entries: Sequence[Entry]) -> dict[Entry, str | None]:
+        """The entry's file as stat sees it: device, inode, size, mtime and ctime. Prosody and this
+        backend replace a ``.dat`` file by a rename (a new inode) and append to a ``.list`` file
+        (a new size), and any write sets the ctime, which no one can set back."""
+        out: dict[Entry, str | None] = {}
+        for entry in entries:
+            host, store, kind, user = entry
+            try:
+                st = os.stat(self._file(host, store, user, LIST if kind == "archive" else DAT))
+            except (FileNotFoundError, NotADirectoryError):
+                out[entry] = ABSENT
+            except (OSError, InternalStoreError):
+                out[entry] = None
+            else:
+                regular = stat.S_ISREG(st.st_mode)
+                out[entry] = (
+                    f"file {st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}" if regular else None
+                )
+        return out
 
     # writing -------------------------------------------------------------------------------
     def start_batch(self) -> None:

@@ -22,7 +22,9 @@ of several writers (``Backend.concurrent_writers``: parallel workers), a batch i
 
 from __future__ import annotations
 
+import hashlib
 import math
+import operator
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -30,8 +32,18 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from ..errors import EncodeError, ProsodyMigrateError
 from ..sqlvalue import from_sql, keyval_from_rows, keyval_to_rows, to_sql
-from .base import ArchiveItem, Backend, EntriesRefused, RefusedEntry, WritesLost
-from .dialects import ARCHIVE_COLUMNS, KEYVAL_COLUMNS, REQUIRED, Column, Dialect, SqlDatabaseError, for_params
+from .base import ABSENT, ArchiveItem, Backend, EntriesRefused, Entry, RefusedEntry, WritesLost
+from .dialects import (
+    ARCHIVE_COLUMNS,
+    DIGEST_SIZE,
+    KEYVAL_COLUMNS,
+    REQUIRED,
+    Column,
+    Dialect,
+    SqlDatabaseError,
+    for_params,
+    row_bytes,
+)
 
 PAGE = 500  # archive rows fetched per query: bounded memory, no long-lived server cursor
 # Each entry (one user's value or archive) is written when keyval_set/archive_write is called, not
@@ -50,6 +62,12 @@ KEYS_CHUNK = 500  # archive keys per DELETE: under every driver's limit on bound
 # The characters any dialect refuses (NUL) or binds apart (surrogates: bytes that are not UTF-8).
 # Text without them needs no text_problem and binds as it is (see SqlBackend._row).
 _SUSPECT = re.compile("[\x00\ud800-\udfff]")
+# What a fingerprint covers: every column of an entry's rows but host, user and store (and the
+# archive's sort_id, of which only the order counts).
+DIGEST_COLUMNS = {"prosody": ("key", "type", "value"), "prosodyarchive": ("key", "when", "with", "type", "value")}
+# Those columns out of a row as written (KEYVAL_COLUMNS, ARCHIVE_COLUMNS order).
+_KEYVAL_DIGESTED = operator.itemgetter(*(KEYVAL_COLUMNS.index(c) for c in DIGEST_COLUMNS["prosody"]))
+_ARCHIVE_DIGESTED = operator.itemgetter(*(ARCHIVE_COLUMNS.index(c) for c in DIGEST_COLUMNS["prosodyarchive"]))
 
 
 class SqlSchemaError(ProsodyMigrateError):
@@ -94,6 +112,8 @@ class SqlBackend(Backend):
         self._held: list[_Held] = []
         self._held_keys: set[tuple[str, ...]] = set()
         self._refused: list[RefusedEntry] = []
+        # With track_writes: the fingerprint each entry written since will have, from its rows.
+        self._written: Optional[dict[Entry, str]] = None
         # archive_unstorable's encoded rows for one user, which archive_write then reuses.
         self._encoded: tuple[tuple[str, str, str], dict[int, tuple[ArchiveItem, tuple[Any, ...]]]] = (("", "", ""), {})
         if self.dialect.exists():
@@ -355,14 +375,18 @@ class SqlBackend(Backend):
         except self.dialect.driver_errors() as exc:
             raise SqlDatabaseError(f"{self.dialect.describe()}: {self.dialect.reason(exc)}") from exc
 
-    def _read(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    def _read(self, query: str, params: Sequence[Any], once: bool = False) -> list[tuple[Any, ...]]:
         """One query outside a batch, without BEGIN/COMMIT around it: the connection is in
-        autocommit mode, where a lone statement is a transaction of its own."""
+        autocommit mode, where a lone statement is a transaction of its own. ``once``: never
+        prepared (Dialect.execute_once)."""
         conn = self._connection()
         try:
             cur = conn.cursor()
             try:
-                cur.execute(query, params)
+                if once:
+                    self.dialect.execute_once(cur, query, params)
+                else:
+                    cur.execute(query, params)
                 return cur.fetchall()
             finally:
                 cur.close()
@@ -377,14 +401,17 @@ class SqlBackend(Backend):
             params.extend([self.dialect.bind_text(value)] * times)
         return " AND ".join(parts), params
 
-    def _select(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    def _select(self, query: str, params: Sequence[Any], once: bool = False) -> list[tuple[Any, ...]]:
         query = self.dialect.sql(query)
         if self._batch is None:
-            rows = self._read(query, params)
+            rows = self._read(query, params, once)
         else:
             pipelined = self.dialect.pipelines
             with self._in_batch(pipelined) as cur:
-                cur.execute(query, params)
+                if once:
+                    self.dialect.execute_once(cur, query, params)
+                else:
+                    cur.execute(query, params)
                 # Pipelined, the rows come back with the release, at the end of the block (they
                 # stay on this cursor: the savepoint statements run on another).
                 rows = None if pipelined else cur.fetchall()
@@ -494,6 +521,7 @@ class SqlBackend(Backend):
                     insert(cur, "prosody", KEYVAL_COLUMNS, rows)
 
         self._apply("prosody", host, store, user, write)
+        self._note_written((host, store, "keyval", user), rows)
 
     # archive -------------------------------------------------------------------------------
     def archive_users(self, host: str, store: str) -> Iterator[str]:
@@ -580,6 +608,7 @@ class SqlBackend(Backend):
                 insert(cur, "prosodyarchive", ARCHIVE_COLUMNS, rows)
 
         self._apply("prosodyarchive", host, store, user, write)
+        self._note_written((host, store, "archive", user), rows)
 
     def _archive_row(self, host: str, store: str, user: Optional[str], item: ArchiveItem) -> tuple[Any, ...]:
         try:
@@ -628,6 +657,78 @@ class SqlBackend(Backend):
             return True
         where, params = self._where(host=host, store=store)
         return not self._select(f'SELECT 1 FROM "{table}" WHERE {where} LIMIT 1', params)
+
+    # fingerprints ----------------------------------------------------------------------------
+    def fingerprints(self, entries: Sequence[Entry]) -> dict[Entry, Optional[str]]:
+        """A digest of the entry's rows (DIGEST_COLUMNS; an archive's in order), one query per
+        KEYS_CHUNK users of a store: computed by the server (md5), or on SQLite3 here from the
+        raw rows. None for an entry whose digest could not take in every row."""
+        groups: dict[tuple[str, str, str], list[str]] = {}
+        for host, store, kind, user in entries:
+            groups.setdefault((host, store, kind), []).append(user or "")
+        found: dict[tuple[str, str, str, str], Optional[str]] = {}
+        for (host, store, kind), users in groups.items():
+            table = "prosodyarchive" if kind == "archive" else "prosody"
+            if not self._has(table):
+                continue
+            names = sorted(set(users))
+            for start in range(0, len(names), KEYS_CHUNK):
+                digests = self._digests(table, host, store, names[start : start + KEYS_CHUNK])
+                found.update(((host, store, kind, user), digest) for user, digest in digests.items())
+        return {e: found.get((e[0], e[1], e[2], e[3] or ""), ABSENT) for e in entries}
+
+    def _digests(self, table: str, host: str, store: str, users: list[str]) -> dict[str, Optional[str]]:
+        ordered = table == "prosodyarchive"
+        query, params = self.dialect.digest_query(table, DIGEST_COLUMNS[table], ordered, host, store, users)
+        query = self.dialect.sql(query)
+        if not self.dialect.server_digest:
+            return self._hash_rows(query, params)
+        if self.dialect.digest_setup:
+            self._select(self.dialect.digest_setup, [])
+        rows = self._select(query, params, once=True)
+        return {user: f"sql {digest}" if complete and digest else None for user, digest, complete in rows}
+
+    def _hash_rows(self, query: str, params: Sequence[Any]) -> dict[str, Optional[str]]:
+        """Digests of the rows a query gives as (user, *columns), ordered by user: streamed, not kept."""
+        conn = self._conn if self._batch is not None else self._connection()
+        digests: dict[str, Optional[str]] = {}
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute(query, params)
+                user, digest = None, hashlib.blake2b(digest_size=DIGEST_SIZE)
+                for row in cur:
+                    if row[0] != user:
+                        if user is not None:
+                            digests[self.dialect.read_text(user)] = "sql " + digest.hexdigest()
+                        user, digest = row[0], hashlib.blake2b(digest_size=DIGEST_SIZE)
+                    digest.update(row_bytes(row[1:]))
+                if user is not None:
+                    digests[self.dialect.read_text(user)] = "sql " + digest.hexdigest()
+            finally:
+                cur.close()
+        except self.dialect.driver_errors() as exc:
+            raise SqlDatabaseError(f"{self.dialect.describe()}: {self.dialect.reason(exc)}") from exc
+        return digests
+
+    def track_writes(self) -> None:
+        self._written = {}
+
+    def written_fingerprints(self, entries: Sequence[Entry]) -> dict[Entry, Optional[str]]:
+        """The fingerprints that ``fingerprints`` gives, computed here from the rows written
+        (``keyval_set``/``archive_write``), no query: right for an entry whose last write replaced
+        all of its rows and is durable, and exactly what was written, whatever happens to the rows
+        after (a mismatch with the server's own digest would only mean a compare)."""
+        if self._written is None:
+            return dict.fromkeys(entries)
+        written, self._written = self._written, {}
+        return {e: written.get(e) for e in entries}
+
+    def _note_written(self, entry: Entry, rows: list[tuple[Any, ...]]) -> None:
+        if self._written is not None:
+            archive = entry[2] == "archive"
+            picked = map(_ARCHIVE_DIGESTED if archive else _KEYVAL_DIGESTED, rows)
+            self._written[entry] = self.dialect.digest_rows(list(picked), archive)
 
     # discovery -------------------------------------------------------------------------------
     def check_source(self) -> None:

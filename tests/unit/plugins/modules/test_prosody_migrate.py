@@ -19,6 +19,7 @@ from ansible.module_utils.basic import missing_required_lib
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.xmpp.prosody.plugins.modules import prosody_migrate
+from ansible_collections.xmpp.prosody.tests.unit.plugins.module_utils.test_skip_unchanged import forbid_reads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 DEMO_DATA = os.path.join(ROOT, "demo", "data")  # written by real Prosody 0.12's storage code
@@ -374,3 +375,19 @@ def test_ansible_diff_rendering() -> None:
             "after": "archive: 2 items added, 1 replaced\n",
         },
     ]
+
+
+def test_skip_unchanged_and_state_file(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, state = str(tmp_path / "prosody.sqlite"), str(tmp_path / "state" / "migrate.sqlite")
+    first = run(files_to_sqlite(db, state_file=state, jobs=1), capsys)
+    assert first["changed"] and os.path.isfile(state)
+    with monkeypatch.context() as patch:
+        forbid_reads(patch)  # any entry read now fails: the run must skip them all
+        second = run(files_to_sqlite(db, state_file=state, jobs=1), capsys)
+        assert (second["changed"], second.get("failed"), second["failures"]) == (False, None, [])
+        assert second["totals"]["users_unchanged"] == first["totals"]["users_created"]
+        assert second["totals"]["items_unchanged"] == first["totals"]["items_created"]
+        compared = run(files_to_sqlite(db, state_file=state, skip_unchanged=False, jobs=1), capsys)
+        assert compared["failed"] and "should have been skipped" in compared["msg"]
