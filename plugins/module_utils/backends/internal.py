@@ -197,17 +197,24 @@ class InternalBackend(Backend):
 
     def _scan(self, directory: bytes) -> list[os.DirEntry[bytes]]:
         """Entries of a directory, minus our temporary files; none when it does not exist."""
+        return list(self._each_entry(directory))
+
+    def _each_entry(self, directory: bytes) -> Iterator[os.DirEntry[bytes]]:
+        """``_scan``'s entries one at a time: a store directory holds a file per user, and only
+        their names are kept (memory stays flat as users grow)."""
         self._check_root()
         try:
             with os.scandir(directory) as entries:
-                return [entry for entry in entries if not fsutil.is_temp_name(entry.name)]
+                for entry in entries:
+                    if not fsutil.is_temp_name(entry.name):
+                        yield entry
         except (FileNotFoundError, NotADirectoryError):
-            return []
+            return
         except OSError as exc:
             raise InternalStoreError(f"cannot list {os.fsdecode(directory)}: {exc.strerror}") from None
 
     def _names(
-        self, entries: list[os.DirEntry[bytes]], ext: bytes, is_dir: bool, encode: Callable[[str], bytes], what: str
+        self, entries: Iterable[os.DirEntry[bytes]], ext: bytes, is_dir: bool, encode: Callable[[str], bytes], what: str
     ) -> list[str]:
         """Decoded names of the entries ``<name><ext>``; a name not in Prosody's encoding is reported."""
         names = set()
@@ -230,10 +237,10 @@ class InternalBackend(Backend):
         return sorted(names)
 
     def keyval_users(self, host: str, store: str) -> Iterator[str]:
-        return iter(self._names(self._scan(self._store_dir(host, store)), DAT, False, _encode_user, "user"))
+        return iter(self._names(self._each_entry(self._store_dir(host, store)), DAT, False, _encode_user, "user"))
 
     def archive_users(self, host: str, store: str) -> Iterator[str]:
-        return iter(self._names(self._scan(self._store_dir(host, store)), LIST, False, _encode_user, "user"))
+        return iter(self._names(self._each_entry(self._store_dir(host, store)), LIST, False, _encode_user, "user"))
 
     def keyval_get(self, host: str, store: str, user: str | None) -> Any:
         path = self._file(host, store, user, DAT)
@@ -453,7 +460,7 @@ class InternalBackend(Backend):
         for ext, kind in ((DAT, "keyval"), (LIST, "archive")):  # host-level data: <host>/<store>.dat
             found.update((store, kind) for store in self._names(entries, ext, False, encode_store, "store"))
         for store in self._names(entries, b"", True, encode_store, "store"):
-            for entry in self._scan(self._store_dir(host, store)):
+            for entry in self._each_entry(self._store_dir(host, store)):
                 if entry.name.endswith(DAT):
                     found.add((store, "keyval"))
                 elif entry.name.endswith(LIST):
