@@ -111,7 +111,9 @@ def engine_digest() -> str:
             source = None
         if source is None:
             return "unknown-" + secrets.token_hex(8)
-        digest.update(qualified.encode() + b"\0" + source.encode("utf-8", "surrogateescape") + b"\0")
+        if isinstance(source, str):  # Ansible's collection loader gives bytes, importlib text
+            source = source.encode("utf-8", "surrogateescape")
+        digest.update(qualified.encode() + b"\0" + source + b"\0")
     return digest.hexdigest()
 
 
