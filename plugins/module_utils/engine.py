@@ -493,8 +493,12 @@ class _Run:
             if skipped is not NOTHING or user is not None:  # as an absent value is counted below
                 self._result(host, store, "keyval").users_unchanged += 1
             return None
+        return self._untracked_on_failure(entry, self._keyval_compared)
+
+    def _untracked_on_failure(self, entry: Entry, compare: Callable[[Entry], Any]) -> Any:
+        """``compare(entry)``; when it raises, the state records nothing for the entry."""
         try:
-            return self._keyval_compared(entry)
+            return compare(entry)
         except BaseException:
             if self.tracker is not None:
                 self.tracker.failed(entry)
@@ -576,12 +580,7 @@ class _Run:
             result.items_unchanged += record.items
             self._quota_warning(host, store, user, record.dst_items)
             return
-        try:
-            self._archive_compared(entry)
-        except BaseException:
-            if self.tracker is not None:
-                self.tracker.failed(entry)
-            raise
+        self._untracked_on_failure(entry, self._archive_compared)
 
     def _archive_compared(self, entry: Entry) -> None:
         host, store, _kind, user = entry
