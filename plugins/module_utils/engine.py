@@ -37,10 +37,10 @@ Writes are batched (``Backend.start_batch``): a SQL destination commits once per
 or BATCH_SECONDS seconds, at the end of each store and of the run, each user's write under a
 savepoint of its own; a file destination fsyncs what it wrote at those same points. When a
 batch is lost (``WritesLost``, or a failing flush), every user written in it is a failure of its
-own, taken back out of the created/updated counts; a re-run writes them again. As one worker of
-several (``Options.partition``) the destination is told so (``Backend.concurrent_writers``): a
-SQLite3 one then holds each batch until the flush, where an entry it refuses (``EntriesRefused``)
-becomes a failure of its own in the same way, the batch's other entries being written.
+own, taken back out of the created/updated counts; a re-run writes them again. A SQL destination
+holds each batch until the flush, where an entry it refuses (``EntriesRefused``) becomes a
+failure of its own in the same way, the batch's other entries being written. As one worker of
+several (``Options.partition``) the destination is told so (``Backend.concurrent_writers``).
 
 With ``Options.state`` (a file, state.py), an entry whose fingerprints on both sides
 (``Backend.fingerprints``) are those it had when a run last found it equal, or wrote it and saw
@@ -50,7 +50,7 @@ that failed, has items the destination cannot hold, or was written in a batch th
 nor in check mode (which still skips what the state allows).
 
 Memory is bounded by one user's store: users are enumerated lazily and nothing is kept per host
-(a SQLite3 worker also holds one batch's rows until its flush).
+(a SQL destination also holds one batch's rows until its flush).
 """
 
 from __future__ import annotations
@@ -170,8 +170,6 @@ class _Run:
         self._pending: list[_Written] = []
         self._pending_rows = 0
         self._batch_start = time.monotonic()
-        # One worker of several: other processes write to the destination at the same time.
-        dst.concurrent_writers = options.partition is not None and options.partition[1] > 1
 
     # running ----------------------------------------------------------------------------------
     def run(self, phase: str) -> None:
@@ -528,7 +526,7 @@ class _Run:
             return value
         created = _absent(current)
         if not self.options.check:
-            self.dst.keyval_set(host, store, user, value)
+            self.dst.keyval_set(host, store, user, value, absent=current is None)
         if created:
             result.users_created += 1
         else:
@@ -603,7 +601,7 @@ class _Run:
         if new:
             try:
                 if not self.options.check:
-                    self.dst.archive_write(host, store, user, new)
+                    self.dst.archive_write(host, store, user, new, absent=not current)
             except ProsodyMigrateError:
                 result.items_failed += len(added) + len(replaced)
                 raise

@@ -7,10 +7,10 @@ core however fast the storage is. ``run`` forks ``jobs`` workers; worker i runs 
 engine over the whole plan but takes only the users whose name hashes to i (``partition``), and
 worker 0 also the host-level data. Every worker reads and writes through its own backends (its
 own database connection, its own batches), so nothing is shipped between processes but progress
-events and, at the end, each worker's report, which ``run`` adds up into one. A SQLite3
-destination takes one writer at a time: there each worker holds its batch until the batch ends
-and writes it then in one short transaction (``Backend.concurrent_writers``, which the engine
-sets in a worker), so that the workers' reading overlaps instead of waiting on the lock.
+events and, at the end, each worker's report, which ``run`` adds up into one. A SQL destination
+holds each batch until the batch ends and writes it then in one short transaction, so that on
+SQLite3, which takes one writer at a time, the workers' reading overlaps instead of waiting on
+the lock.
 
 Before forking, the parent opens both stores and builds the plan once: a bad definition, an
 unknown store or a wrong password fails there, as in a single-process run, and a SQL

@@ -39,7 +39,7 @@ class RefusedEntry:
 
 
 class EntriesRefused(ProsodyMigrateError):
-    """Raised by ``flush`` of a batch held back until then (``Backend.concurrent_writers``): the
+    """Raised by ``flush`` of a batch held back until then (a SQL destination's): the
     destination refused these entries as the batch was written, each undone alone; the batch's
     other writes are durable."""
 
@@ -63,11 +63,6 @@ class ArchiveItem:
 class Backend(abc.ABC):
     """A storage backend opened from a store definition (a migrator.cfg.lua entry)."""
 
-    # Set (by the engine) when other processes write to the same destination at the same time,
-    # each in batches of its own: a backend whose database takes one writer at a time may then
-    # hold a batch's writes back and write them all at ``flush`` (see ``flush``).
-    concurrent_writers = False
-
     def __init__(self, params: Mapping[str, Any]) -> None:
         self.params = dict(params)
         # Things found in the data that the user should hear about (never secrets).
@@ -83,8 +78,9 @@ class Backend(abc.ABC):
         """One user's value (``user=None``: the host-level value); None when absent."""
 
     @abc.abstractmethod
-    def keyval_set(self, host: str, store: str, user: str | None, value: Any) -> None:
-        """Replace one user's value; None or an empty table removes it, as Prosody does."""
+    def keyval_set(self, host: str, store: str, user: str | None, value: Any, absent: bool = False) -> None:
+        """Replace one user's value; None or an empty table removes it, as Prosody does. ``absent``:
+        the caller knows the destination holds nothing of this entry, so nothing needs replacing."""
 
     # archive stores ------------------------------------------------------------------------
     @abc.abstractmethod
@@ -108,8 +104,11 @@ class Backend(abc.ABC):
         return {}
 
     @abc.abstractmethod
-    def archive_write(self, host: str, store: str, user: str | None, items: Iterable[ArchiveItem]) -> None:
-        """Append items in one transaction; an item whose key exists replaces the old one."""
+    def archive_write(
+        self, host: str, store: str, user: str | None, items: Iterable[ArchiveItem], absent: bool = False
+    ) -> None:
+        """Append items in one transaction; an item whose key exists replaces the old one. ``absent``:
+        the caller knows the destination holds no item of this archive, so nothing needs replacing."""
 
     # both kinds ----------------------------------------------------------------------------
     def store_empty(self, host: str, store: str, kind: str) -> bool:

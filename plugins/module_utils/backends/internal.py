@@ -407,7 +407,7 @@ class InternalBackend(Backend):
         except OSError as exc:
             raise InternalStoreError(f"cannot remove {os.fsdecode(path)}: {exc.strerror}") from None
 
-    def keyval_set(self, host: str, store: str, user: str | None, value: Any) -> None:
+    def keyval_set(self, host: str, store: str, user: str | None, value: Any, absent: bool = False) -> None:
         path = self._file(host, store, user, DAT)
         if _is_empty(value):
             self._remove(path)
@@ -432,7 +432,9 @@ class InternalBackend(Backend):
             table["with"] = item.with_
         return table
 
-    def archive_write(self, host: str, store: str, user: str | None, items: Iterable[ArchiveItem]) -> None:
+    def archive_write(
+        self, host: str, store: str, user: str | None, items: Iterable[ArchiveItem], absent: bool = False
+    ) -> None:
         path = self._file(host, store, user, LIST)
         source = self._source(path, host, store, user)
         new = [self._encode_item(item, source) for item in items]

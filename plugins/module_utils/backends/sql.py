@@ -15,9 +15,9 @@ archive items beforehand (a stanza with a control character, a value too long fo
 so that the engine fails them alone and writes the rest of the archive.
 
 SQLite3: a relative ``database`` resolves against the ``data_path`` parameter (default ``.``),
-as Prosody resolves it against its data directory; the default name is ``prosody.sqlite``. As one
-of several writers (``Backend.concurrent_writers``: parallel workers), a batch is held until
-``flush`` and written then in one short transaction (see ``SqlBackend._holding``).
+as Prosody resolves it against its data directory; the default name is ``prosody.sqlite``. In a
+batch, writes are held until ``flush`` and written then in one short transaction (see
+``SqlBackend._holding``).
 """
 
 from __future__ import annotations
@@ -46,17 +46,15 @@ from .dialects import (
 )
 
 PAGE = 500  # archive rows fetched per query: bounded memory, no long-lived server cursor
-# Each entry (one user's value or archive) is written when keyval_set/archive_write is called, not
-# queued for one COPY per batch: a refused entry must fail in its own call, undone alone under its
-# savepoint, for the engine to report it as that user's failure and, without keep_going, to stop
-# there with nothing after it written; and a dropped connection must fail the entry in flight while
-# the batch's earlier entries are done again (docs/guarantees.md). A queue sent at flush would put
-# such failures on the wrong entries, or on the whole batch. What an entry costs is cut instead: no
-# read before it (replaced archive items are deleted by key), and an entry of at most PIPELINE_ROWS
-# rows goes to PostgreSQL in one round trip (savepoint, DELETE, INSERT, release pipelined); a larger
-# one goes through COPY, faster per row from about there. The one exception is a database taking one
-# writer at a time with other writers beside us (SqlBackend._holding): there the entries are still
-# encoded and checked in their own call, but written at the flush, each under its savepoint.
+# In a batch, each entry (one user's value or archive) is encoded and checked in its own call
+# (keyval_set/archive_write), where a value that cannot be stored fails as that user's own failure,
+# but written at the flush (SqlBackend._holding): the batch's rows go in by the dialect's bulk path
+# (COPY, multi-row INSERTs) in one transaction, the rows replaced deleted first (none when the engine
+# knows the entry is new). Should the database refuse that, the batch is written again entry by
+# entry, each under a savepoint of its own, so that the refused entries are undone alone and named
+# (EntriesRefused), the others written. An entry written alone, outside a batch or in that second
+# pass, goes to PostgreSQL in one round trip when it has at most PIPELINE_ROWS rows (savepoint,
+# DELETE, INSERT, release pipelined), through COPY when larger.
 PIPELINE_ROWS = 64
 KEYS_CHUNK = 500  # archive keys per DELETE: under every driver's limit on bound values
 # The characters any dialect refuses (NUL) or binds apart (surrogates: bytes that are not UTF-8).
@@ -78,14 +76,20 @@ class SqlEncodeError(EncodeError):
     """A value this database, or Prosody reading it back, cannot hold."""
 
 
+_Delete = tuple[str, list[Any]]  # a DELETE statement and its bound values
+
+
 class _Held(NamedTuple):
-    """An entry's write held until the flush (``SqlBackend._holding``): what it is, and the write."""
+    """An entry's write held until the flush (``SqlBackend._holding``): what it is, the write on its
+    own, and its parts for the batch's bulk write: the deletes of the rows it replaces, its rows."""
 
     table: str
     host: str
     store: str
     user: Optional[str]
     write: Callable[[], None]
+    deletes: list[_Delete]
+    rows: list[tuple[Any, ...]]
 
 
 class SqlBackend(Backend):
@@ -188,19 +192,26 @@ class SqlBackend(Backend):
         self._batching = True
 
     def _join_batch(self) -> None:
-        """Open the batch's transaction unless one is open (writes only: reads never start one)."""
+        """Open the batch's transaction unless one is open (writes only: reads never start one).
+
+        A connection the server dropped while it was idle (between two batches, or while a batch
+        was held) fails at the BEGIN: nothing of the batch was sent yet, so it begins on a new one."""
         if not self._batching or self._batch is not None:
             return
-        if self._conn is None or self.dialect.broken(self._conn):
-            self.close()
-            self._conn = self.dialect.connect(False)
-        try:
-            cur = self._conn.cursor()
-            cur.execute(self.dialect.begin_sql)
-            control = self._conn.cursor()
-        except self.dialect.driver_errors() as exc:
-            raise SqlDatabaseError(f"{self.dialect.describe()}: {self.dialect.reason(exc)}") from exc
-        self._batch, self._control = cur, control
+        for again in (False, True):
+            if self._conn is None or self.dialect.broken(self._conn):
+                self.close()
+                self._conn = self.dialect.connect(False)
+            try:
+                cur = self._conn.cursor()
+                cur.execute(self.dialect.begin_sql)
+                control = self._conn.cursor()
+            except self.dialect.driver_errors() as exc:
+                if again or not self.dialect.broken(self._conn):
+                    raise SqlDatabaseError(f"{self.dialect.describe()}: {self.dialect.reason(exc)}") from exc
+            else:
+                self._batch, self._control = cur, control
+                return
 
     def _record(self, write: Callable[[], None]) -> None:
         """Note a write done in the open batch, so that it can be done again on a new connection.
@@ -211,27 +222,25 @@ class SqlBackend(Backend):
             self._journal.append(write)
 
     def _holding(self) -> bool:
-        """Whether writes are held until the flush: in a batch, as one writer of several, into a
-        database that takes one writing transaction at a time (SQLite3).
+        """Whether writes are held until the flush: always, in a batch.
 
-        Written as they come, a batch's transaction would be open (and the database locked) for as
-        long as this process takes to read what goes into it, while the other writers wait. Held,
-        each entry is still encoded and checked in its own call (an entry that cannot be stored
-        fails there, as ever), and the flush writes them all in one short transaction, each under
-        a savepoint of its own: one the database refuses is undone alone and named in the
-        EntriesRefused that flush raises once the others are committed.
+        Written as they come, each entry would cost its own statements and round trips, and a
+        batch's transaction would be open (a SQLite3 database locked against the other workers) for
+        as long as this process takes to read what goes into it. Held, each entry is still encoded
+        and checked in its own call (an entry that cannot be stored fails there, as ever), and the
+        flush writes them all in one short transaction (``_write_held``).
         """
-        return self._batching and self.concurrent_writers and self.dialect.single_writer
+        return self._batching
 
-    def _apply(self, table: str, host: str, store: str, user: Optional[str], write: Callable[[], None]) -> None:
-        """Do an entry's write in the batch now, or hold it until the flush (``_holding``)."""
+    def _apply(self, held: _Held) -> None:
+        """Do an entry's write now (outside a batch), or hold it until the flush (``_holding``)."""
         if self._holding():
-            self._held.append(_Held(table, host, store, user, write))
-            self._held_keys.update(((table, host, store), (table, host, store, user or "")))
+            self._held.append(held)
+            self._held_keys.update(
+                ((held.table, held.host, held.store), (held.table, held.host, held.store, held.user or ""))
+            )
             return
-        self._join_batch()
-        write()
-        self._record(write)
+        held.write()
 
     def _settle(self, key: Optional[tuple[str, ...]] = None) -> None:
         """Before a read of one entry (``key``: table, host, store, user) or of more: write the held
@@ -242,7 +251,8 @@ class SqlBackend(Backend):
             self._write_held()
 
     def _write_held(self) -> None:
-        """Write the held entries in one transaction, each under its own savepoint, and commit.
+        """Write the held entries in one transaction and commit: all at once (``_write_bulk``), or,
+        should the database refuse that, each under its own savepoint.
 
         An entry the database refuses is undone alone and noted for ``flush`` to raise; one whose
         failure took the transaction with it fails alone too, the entries before it being written
@@ -257,16 +267,45 @@ class SqlBackend(Backend):
             except ProsodyMigrateError as exc:
                 self.close()
                 raise WritesLost(f"{exc}; the batch's {len(held)} writes, held until now, were not written") from exc
-            for entry in held:
-                try:
-                    entry.write()
-                except SqlDatabaseError as exc:
-                    kind = "keyval" if entry.table == "prosody" else "archive"
-                    refused.append(RefusedEntry(entry.host, entry.store, kind, entry.user, str(exc)))
-                else:
-                    self._record(entry.write)
+            if not self._write_bulk(held):
+                for entry in held:
+                    try:
+                        entry.write()
+                    except SqlDatabaseError as exc:
+                        kind = "keyval" if entry.table == "prosody" else "archive"
+                        refused.append(RefusedEntry(entry.host, entry.store, kind, entry.user, str(exc)))
+                    else:
+                        self._record(entry.write)
         self._commit()
         self._refused = refused
+
+    def _write_bulk(self, held: list[_Held]) -> bool:
+        """Write the held entries together, under one savepoint: the deletes, then each table's rows
+        by the dialect's bulk path. False, with nothing of it done, when the database refused it
+        (or an entry is held twice, whose writes must go in order): they are then written one by one."""
+        if len({(h.table, h.host, h.store, h.user or "") for h in held}) < len(held):
+            return False
+        deletes = [d for h in held for d in h.deletes]
+        keyval = [r for h in held if h.table == "prosody" for r in h.rows]
+        archive = [r for h in held if h.table == "prosodyarchive" for r in h.rows]
+
+        def write() -> None:
+            with self._tx() as cur:
+                if deletes:
+                    with self.dialect.pipeline(self._conn):
+                        for query, params in deletes:
+                            cur.execute(query, params)
+                if keyval:
+                    self.dialect.insert_many(cur, "prosody", KEYVAL_COLUMNS, keyval)
+                if archive:
+                    self.dialect.insert_many(cur, "prosodyarchive", ARCHIVE_COLUMNS, archive)
+
+        try:
+            write()
+        except SqlDatabaseError:
+            return False
+        self._record(write)
+        return True
 
     def flush(self) -> None:
         """Commit the open batch (the held writes written first); on a failure, do it all again once
@@ -495,7 +534,7 @@ class SqlBackend(Backend):
             return None
         return keyval_from_rows(rows, self._source("prosody", host, store, user))
 
-    def keyval_set(self, host: str, store: str, user: Optional[str], value: Any) -> None:
+    def keyval_set(self, host: str, store: str, user: Optional[str], value: Any, absent: bool = False) -> None:
         self._writable()
         base = (host, user or "", store)
         rows = []
@@ -509,19 +548,29 @@ class SqlBackend(Backend):
         if self._suspect("prosody", "".join(base)):
             for name, text in zip(KEYVAL_COLUMNS, base):
                 self._check(host, store, user, "prosody", {name: text})
-        where, params = self._where(host=base[0], user=base[1], store=base[2])
-        delete = self.dialect.sql(f'DELETE FROM "prosody" WHERE {where}')
+        deletes = []
+        if not absent:
+            where, params = self._where(host=base[0], user=base[1], store=base[2])
+            deletes.append((self.dialect.sql(f'DELETE FROM "prosody" WHERE {where}'), params))
+        self._apply(_Held("prosody", host, store, user, self._writer("prosody", deletes, rows), deletes, rows))
+        self._note_written((host, store, "keyval", user), rows)
+
+    def _writer(
+        self, table: str, deletes: list[tuple[str, list[Any]]], rows: list[tuple[Any, ...]]
+    ) -> Callable[[], None]:
+        """One entry's write on its own: its deletes and rows in one step (pipelined when it is small)."""
         pipelined = len(rows) <= PIPELINE_ROWS
         insert = self.dialect.insert_values if pipelined else self.dialect.insert_many
+        columns = KEYVAL_COLUMNS if table == "prosody" else ARCHIVE_COLUMNS
 
         def write() -> None:
             with self._tx(pipelined) as cur:
-                cur.execute(delete, params)
+                for query, params in deletes:
+                    cur.execute(query, params)
                 if rows:
-                    insert(cur, "prosody", KEYVAL_COLUMNS, rows)
+                    insert(cur, table, columns, rows)
 
-        self._apply("prosody", host, store, user, write)
-        self._note_written((host, store, "keyval", user), rows)
+        return write
 
     # archive -------------------------------------------------------------------------------
     def archive_users(self, host: str, store: str) -> Iterator[str]:
@@ -573,7 +622,9 @@ class SqlBackend(Backend):
         self._encoded = ((host, store, user or ""), encoded)
         return problems
 
-    def archive_write(self, host: str, store: str, user: Optional[str], items: Iterable[ArchiveItem]) -> None:
+    def archive_write(
+        self, host: str, store: str, user: Optional[str], items: Iterable[ArchiveItem], absent: bool = False
+    ) -> None:
         self._writable()
         latest: dict[str, ArchiveItem] = {}
         for item in items:
@@ -591,23 +642,17 @@ class SqlBackend(Backend):
             rows.append(self._archive_row(host, store, user, item) if fresh else known[1])
         if not rows:
             return
-        base, params = self._where(host=host, user=user or "", store=store)
-        # The items replaced: deleted by key, without reading first which of the keys are there.
-        keys = list(latest)
         deletes = []
-        for start in range(0, len(keys), KEYS_CHUNK):
-            condition, bound = self.dialect.any_of("key", keys[start : start + KEYS_CHUNK])
-            deletes.append((self.dialect.sql(f'DELETE FROM "prosodyarchive" WHERE {base} AND {condition}'), bound))
-        pipelined = len(rows) <= PIPELINE_ROWS
-        insert = self.dialect.insert_values if pipelined else self.dialect.insert_many
-
-        def write() -> None:
-            with self._tx(pipelined) as cur:
-                for delete, bound in deletes:
-                    cur.execute(delete, [*params, *bound])
-                insert(cur, "prosodyarchive", ARCHIVE_COLUMNS, rows)
-
-        self._apply("prosodyarchive", host, store, user, write)
+        if not absent:
+            # The items replaced: deleted by key, without reading first which of the keys are there.
+            base, params = self._where(host=host, user=user or "", store=store)
+            keys = list(latest)
+            for start in range(0, len(keys), KEYS_CHUNK):
+                condition, bound = self.dialect.any_of("key", keys[start : start + KEYS_CHUNK])
+                query = self.dialect.sql(f'DELETE FROM "prosodyarchive" WHERE {base} AND {condition}')
+                deletes.append((query, [*params, *bound]))
+        write = self._writer("prosodyarchive", deletes, rows)
+        self._apply(_Held("prosodyarchive", host, store, user, write, deletes, rows))
         self._note_written((host, store, "archive", user), rows)
 
     def _archive_row(self, host: str, store: str, user: Optional[str], item: ArchiveItem) -> tuple[Any, ...]:

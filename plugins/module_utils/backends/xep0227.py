@@ -515,7 +515,7 @@ class Xep0227Backend(Backend):
         return nodes
 
     # writing --------------------------------------------------------------------------------
-    def keyval_set(self, host: str, store: str, user: str | None, value: Any) -> None:
+    def keyval_set(self, host: str, store: str, user: str | None, value: Any, absent: bool = False) -> None:
         self._check_store(host, store, user, "keyval")
         empty = value is None or value is False or (isinstance(value, dict) and not value)
         if user is None:
@@ -798,7 +798,9 @@ class Xep0227Backend(Backend):
                     problems[item.key] = f"{where}: cannot store item {item.key!r} in XML: its {what} {problem}"
         return problems
 
-    def archive_write(self, host: str, store: str, user: str | None, items: Iterable[ArchiveItem]) -> None:
+    def archive_write(
+        self, host: str, store: str, user: str | None, items: Iterable[ArchiveItem], absent: bool = False
+    ) -> None:
         self._check_store(host, store, user, "archive")
         items = list(items)
         if not items:

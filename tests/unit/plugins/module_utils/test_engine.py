@@ -355,7 +355,7 @@ def test_secrets_never_reach_the_report(source: dict[str, Any], tmp_path: Any, m
     assert all(set(d["after"].values()) <= {MASK, 16} for d in accounts)  # iteration_count stays
 
     # A destination whose error message quotes the value (as SQL errors preview it) stays masked too.
-    def refuse(backend: Any, host: str, store: str, user: Any, value: Any) -> None:
+    def refuse(backend: Any, host: str, store: str, user: Any, value: Any, absent: bool = False) -> None:
         raise EncodeError(f"cannot store {value!r}; preview {str(value)[:40]}...")
 
     monkeypatch.setattr(InternalBackend, "keyval_set", refuse)
