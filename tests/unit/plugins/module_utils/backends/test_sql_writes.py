@@ -274,11 +274,40 @@ def test_a_flushed_batch_frees_its_writes_without_the_garbage_collector(
             gc.enable()
 
 
-# MySQL's multi-row INSERT ------------------------------------------------------------------------
-# The characters a MySQL string literal escapes, beside plain and multi-byte ones.
+# the bulk path: MySQL's multi-row INSERT, PostgreSQL's COPY ----------------------------------------------
+# The characters a MySQL string literal or COPY's text format escapes, and those the bulk text puts
+# between values and rows (\x01, \x02: such a batch goes the general way), beside plain and multi-byte ones.
 LITERAL_TEXT = st.lists(
-    st.sampled_from(["a", "'", '"', "\\", "\x00", "\n", "\r", "\x1a", "%s", "é", "\U0001d11e"])
+    st.sampled_from(["a", "'", '"', "\\", "\x00", "\n", "\r", "\t", "\x1a", "\x01", "\x02", "%s", "é", "\U0001d11e"])
 ).map("".join)
+
+
+def _assert_bulk_keeps_every_character(backend: SqlBackend, text: Any) -> None:
+    # XML carries no NUL nor other control characters but tab, newline and CR.
+    body = text.map(lambda t: "".join(c for c in t if c >= " " or c in "\t\n\r")).filter(bool)
+    bulk = backend._write_bulk
+
+    def bulk_only(held: Any) -> bool:
+        assert bulk(held), "the bulk write was refused: the batch went in entry by entry"
+        return True
+
+    backend._write_bulk = bulk_only  # type: ignore[method-assign]
+
+    new_users = iter(range(10**6))
+
+    @given(st.dictionaries(text.filter(bool), text, min_size=1, max_size=8), body)
+    def same(value: dict[str, str], body: str) -> None:
+        new = f"new{next(new_users)}"
+        backend.start_batch()
+        backend.keyval_set(HOST, "s", "u", value)
+        backend.archive_write(HOST, "a", "u", [message("k", body)])
+        backend.keyval_set(HOST, "s", new, {"x": body}, absent=True)
+        backend.flush()
+        assert backend.keyval_get(HOST, "s", "u") == value
+        assert [i.value for i in backend.archive_items(HOST, "a", "u")] == [message("k", body).value]
+        assert backend.keyval_get(HOST, "s", new) == {"x": body}
+
+    same()
 
 
 @pytest.mark.parametrize("mode", ["", "NO_BACKSLASH_ESCAPES"])
@@ -292,19 +321,34 @@ def test_mysql_bulk_insert_keeps_every_character(
         backend.prepare_writes()
         if mode:
             _execute(backend, f"SET SESSION sql_mode = CONCAT(@@SESSION.sql_mode, ',{mode}')")
+        _assert_bulk_keeps_every_character(backend, LITERAL_TEXT)
 
-        # XML carries no NUL nor ^Z: the stanzas take the others.
-        @given(
-            st.dictionaries(LITERAL_TEXT.filter(bool), LITERAL_TEXT, min_size=1, max_size=8),
-            LITERAL_TEXT.map(lambda t: t.replace("\x00", "").replace("\x1a", "")).filter(bool),
-        )
-        def same(value: dict[str, str], body: str) -> None:
-            backend.start_batch()
-            backend.keyval_set(HOST, "s", "u", value)
-            backend.archive_write(HOST, "a", "u", [message("k", body)])
-            backend.flush()
-            assert backend.keyval_get(HOST, "s", "u") == value
-            assert [i.value for i in backend.archive_items(HOST, "a", "u")] == [message("k", body).value]
 
-        same()
-        assert backend.dialect.insert_many.__func__ is dialects.MySQL.insert_many
+def test_postgresql_copy_keeps_every_character(pg_params: dict[str, Any]) -> None:
+    # PostgreSQL text holds no NUL: left out.
+    with SqlBackend(pg_params) as backend:
+        backend.prepare_writes()
+        _assert_bulk_keeps_every_character(backend, LITERAL_TEXT.map(lambda t: t.replace("\x00", "")))
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [("a", "b"), ("c\x01", "d")],
+        [("a", "b\x02"), ("c", "d")],
+        [("a", 1.5)],
+        [("a", b"bytes")],
+        [("a", True)],
+    ],
+)
+def test_bulk_text_leaves_unusual_rows_to_the_general_path(rows: list[tuple[Any, ...]]) -> None:
+    assert dialects._escaped_chunks(rows, ()) is None
+
+
+def test_bulk_text_splits_at_the_statement_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dialects, "STATEMENT_CHARS", 10)
+    rows = [("aaaa", "b"), ("c", 1), ("d" * 30, "e"), ("f", "g")]
+    chunks = ["AAAA\x01b\x02c\x011", "d" * 30 + "\x01e", "f\x01g"]
+    assert dialects._escaped_chunks(rows, (("a", "A"),)) == chunks
+    monkeypatch.setattr(dialects, "CHUNK_ROWS", 1)
+    assert dialects._escaped_chunks(rows, (("a", "A"),)) == ["AAAA\x01b", "c\x011", *chunks[1:]]
