@@ -555,6 +555,8 @@ def xml_text_problem(text: str) -> str | None:
     """Why ``text`` cannot be in an XML document, literally or escaped ("holds the byte 0xFF,
     which is not valid UTF-8"), or None: its first character outside XML 1.0's Char production
     (control characters but TAB, LF and CR; U+FFFE and U+FFFF; bytes that are not UTF-8)."""
+    if text.isprintable():  # no control character, surrogate nor U+FFFE/U+FFFF: twice as quick as the pattern
+        return None
     bad = _NOT_XML_CHAR.search(text)
     if bad is None:
         return None

@@ -871,3 +871,19 @@ def test_from_xml_joins_text_expat_hands_over_in_pieces() -> None:
     element = Element.from_xml(f"<a>{long_text}<b/>{long_text}</a>", "test")
     expected = ("x&y\n" * 3000) + "<z>" + "é" * 20000
     assert element.children == [expected, Element("b"), expected]
+
+
+def _xml_char(c: str) -> bool:
+    """XML 1.0's Char production."""
+    return c in "\t\n\r" or " " <= c <= "\ud7ff" or "\ue000" <= c <= "\ufffd" or c >= "\U00010000"
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=())))
+def test_xml_text_problem_finds_what_xml_cannot_carry(text: str) -> None:
+    # The quick pass (isprintable) may only clear text that XML 1.0's Char production clears.
+    bad = [c for c in text if not _xml_char(c)]
+    problem = stanza_module.xml_text_problem(text)
+    assert (problem is None) == (not bad)
+    if bad:
+        code = ord(bad[0])
+        assert (f"byte 0x{code - 0xDC00:02X}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}") in problem
