@@ -34,6 +34,15 @@ the same value when Lua reads it back:
   Prosody writes ``-9223372036854775808``, which Lua reads back as a float.
 
 ``nil`` values inside tables are left out (a Lua table cannot hold them).
+
+The writer appends the text of every field to one list, joined once per file. Tables of the
+usual shape (positions 1..n in order, booleans, strings: stanzas, rosters, accounts) are written
+without normalising each key; any other table takes the general way, which does. Key texts and
+short string literals are cached (literals for one call: an archive's JIDs and attribute values
+recur), and a string with bytes to escape is escaped by C loops (``str.translate``, or a split
+into runs for long text), never a Python call per byte or run. test_luadata_writer.py holds the
+earlier, plainer writer and checks that this one writes the same bytes; bench/bench_dump.py
+measures it.
 """
 
 from __future__ import annotations
@@ -563,13 +572,36 @@ for _c in b"\\\"'":
 for _c in range(32, 127):
     if _c not in b"\\\"'":
         _STR_ESCAPES[_c] = bytes((_c,))
-_NEEDS_ESCAPE = re.compile(rb"[\x00-\x1f\"'\\\x7f-\xff]+")
+# Splitting on runs of bytes to escape (one capture group) leaves them at the odd indices.
+_ESCAPE_RUNS = re.compile(rb"([\x00-\x1f\"'\\\x7f-\xff]+)")
+# The text is written as fields, each ending with ";": a table is "{", then per field its line
+# break and indent, key and value with ";", then the closing line ("};" when nested, as the
+# table is a field itself). The ";" after the outermost value is cut off (_strip_field).
 _INDENTS = [b"\n" + b"\t" * d for d in range(MAX_DEPTH + 2)]
-_CLOSERS = [b";\n" + b"\t" * d + b"}" for d in range(MAX_DEPTH + 2)]
+_CLOSERS = [b"\n" + b"\t" * (d - 1) + b"};" for d in range(1, MAX_DEPTH + 2)]
+_CLOSERS.insert(0, b"")  # no table is 0 deep: keeps _CLOSERS[depth] the closer of a table at depth
+_CACHED_RUN = 4  # escape runs this short (one UTF-8 character, a few control bytes) are kept
+_CACHED_STRING = 64  # literals of strings this short are kept (per call for values, per process for keys)
+_CACHE_MAX = 4096  # entries of a module-wide cache; later ones are computed each time
+_CACHED_DEPTH = 8  # key texts are kept for tables this deep (each depth has its indent)
 
 
-def _escape_run(m: re.Match) -> bytes:
-    return b"".join([_STR_ESCAPES[c] for c in m.group()])
+class _RunEscapes(dict):
+    """Escaped text of a run of bytes, computed on a miss: a lookup that is all C on a hit."""
+
+    def __missing__(self, run: bytes) -> bytes:
+        text = b"".join(map(_STR_ESCAPES.__getitem__, run))
+        # Only short runs: they recur (é, ☃, \n) and carry no user text worth keeping around.
+        if len(run) <= _CACHED_RUN and len(self) < _CACHE_MAX:
+            self[run] = text
+        return text
+
+
+_RUN_ESCAPES = _RunEscapes()
+_LATIN1_ESCAPES = [text.decode("latin-1") for text in _STR_ESCAPES]  # by byte, for str.translate
+_TRANSLATED = 128  # bytes of the longest text escaped by str.translate, not by runs (faster on mostly-ASCII text)
+# Per depth, '\n\t["name"] = ' of string keys: few distinct (stanza and roster fields), met in every file.
+_KEY_TEXTS: list[dict[str, bytes]] = [{} for _depth in range(_CACHED_DEPTH + 1)]
 
 
 def _encode_str(s: str) -> bytes:
@@ -579,8 +611,44 @@ def _encode_str(s: str) -> bytes:
         raise EncodeError(f"string is not encodable as bytes: {exc}") from None
 
 
-def _quote(raw: bytes) -> bytes:
-    return b'"' + _NEEDS_ESCAPE.sub(_escape_run, raw) + b'"'
+def _quote(raw: bytes, end: bytes = b'"') -> bytes:
+    """The literal of a string's bytes, with ``end`` for its closing quote (b'";' for a field)."""
+    if len(raw) <= _TRANSLATED:
+        # A short text: one C loop over its bytes (as latin-1 characters) beats splitting it.
+        return b'"' + raw.decode("latin-1").translate(_LATIN1_ESCAPES).encode("ascii") + end
+    parts = _ESCAPE_RUNS.split(raw)
+    if len(parts) > 1:
+        # Every run is mapped in C (no Python callback per run, unlike re.sub with a function).
+        parts[1::2] = map(_RUN_ESCAPES.__getitem__, parts[1::2])
+        raw = b"".join(parts)
+    return b'"' + raw + end
+
+
+def _quote_str(s: str, end: bytes = b'"') -> bytes:
+    """A string's literal, with ``end`` for its closing quote (b'";' for a field)."""
+    # Most strings are printable ASCII without quotes or backslashes, copied as they are:
+    # isascii is O(1) on CPython's str, and isprintable rejects every ASCII control and DEL.
+    if s.isascii() and s.isprintable() and '"' not in s and "'" not in s and "\\" not in s:
+        return b'"' + s.encode("ascii") + end
+    return _quote(_encode_str(s), end)
+
+
+def _string_field(s: str, strings: dict[str, bytes]) -> bytes:
+    """A string's literal and ";", kept in ``strings`` when short (bodies rarely recur: not worth their memory)."""
+    text = _quote_str(s, b'";')
+    if len(s) <= _CACHED_STRING:
+        strings[s] = text
+    return text
+
+
+def _key_text(k: str, depth: int) -> bytes:
+    """``\\n\\t["k"] = `` for a string key of a table at ``depth``, kept for later tables."""
+    text = _INDENTS[depth] + b"[" + _quote_str(k) + b"] = "
+    if depth <= _CACHED_DEPTH and len(k) <= _CACHED_STRING:
+        cache = _KEY_TEXTS[depth]
+        if len(cache) < _CACHE_MAX:
+            cache[k] = text
+    return text
 
 
 def _dump_float(v: float) -> bytes:
@@ -607,7 +675,7 @@ def _dump_int(v: int) -> bytes:
 def _dump_scalar(v: Any) -> bytes:
     t = type(v)
     if t is str:
-        return _quote(_encode_str(v))
+        return _quote_str(v)
     if t is int:
         return _dump_int(v)
     if t is bool:
@@ -626,7 +694,7 @@ def _dump_scalar(v: Any) -> bytes:
     if isinstance(v, float):
         return _dump_float(float(v))
     if isinstance(v, str):
-        return _quote(_encode_str(str(v)))
+        return _quote_str(str(v))
     raise EncodeError(f"cannot write a {t.__name__} as Lua data")
 
 
@@ -653,10 +721,116 @@ def _norm_key(k: Any) -> tuple[tuple, Any, bytes]:
     raise EncodeError(f"a {type(k).__name__} cannot be a table key")
 
 
-def _dump_table(t: dict, out: list, depth: int) -> None:
+def _write_field(v: Any, depth: int, out: list[bytes], strings: dict[str, bytes]) -> None:
+    """Append the text of ``v`` and ";" to ``out``, as a field of a table at ``depth`` (0: none)."""
+    t = type(v)
+    if t is str:
+        out.append(strings.get(v) or _string_field(v, strings))
+    elif t is dict:
+        _write_table(v, depth, out, strings)
+    elif isinstance(v, dict):
+        _write_table(dict(v), depth, out, strings)
+    else:
+        out.append(_dump_scalar(v) + b";")
+
+
+def _write_table(t: dict, depth: int, out: list[bytes], strings: dict[str, bytes]) -> None:
+    """A table whose keys are 1..n in order, BoolKeys and strings (stanzas, rosters, accounts),
+    else ``_write_any_table``: the same text, without normalising each key or sorting by tuples."""
     depth += 1
     if depth > MAX_DEPTH:
         raise EncodeError(f"tables nested deeper than {MAX_DEPTH} levels (or a cycle)")
+    if not t:  # a stanza's empty attr
+        out.append(b"{};")
+        return
+    keys = _usual_keys(t)
+    if keys is None:
+        _write_any_table(t, depth, out, strings)
+        return
+    n, flags, names = keys
+    start = len(out)
+    out.append(b"{")
+    indent = _INDENTS[depth]
+    for i in range(1, n + 1):
+        v = t[i]
+        if v is None:  # a nil ends Lua's sequence: the items after it are keyed fields
+            del out[start:]
+            _write_any_table(t, depth, out, strings)
+            return
+        out.append(indent)
+        _write_field(v, depth, out, strings)
+    for flag in flags:
+        v = t[flag]
+        if v is not None:
+            out.append(indent + (b"[true] = " if flag.value else b"[false] = "))
+            _write_field(v, depth, out, strings)
+    texts = _KEY_TEXTS[depth] if depth <= _CACHED_DEPTH else {}
+    for k in names:
+        v = t[k]
+        # Strings inline (most values are), then nil, which a Lua table cannot hold.
+        if type(v) is str:  # pylint: disable=unidiomatic-typecheck  # subclasses in _write_field
+            out.append(texts.get(k) or _key_text(k, depth))
+            out.append(strings.get(v) or _string_field(v, strings))
+        elif v is not None:
+            out.append(texts.get(k) or _key_text(k, depth))
+            _write_field(v, depth, out, strings)
+    _close(out, start, depth)
+
+
+def _usual_keys(t: dict) -> tuple[int, list[BoolKey], list[str]] | None:
+    """(n, BoolKeys, string keys), in the order they are written, when ``t``'s keys are 1..n in
+    insertion order, BoolKeys and strings sorting by their bytes; else None."""
+    names = []
+    flags = []  # a roster's [false] holds its version
+    n = 0
+    for k in t:
+        if type(k) is str:  # pylint: disable=unidiomatic-typecheck  # subclasses go the general way
+            names.append(k)
+        elif type(k) is int and k == n + 1:  # pylint: disable=unidiomatic-typecheck  # a bool is no position
+            n += 1
+        elif type(k) is BoolKey:  # pylint: disable=unidiomatic-typecheck
+            flags.append(k)
+        else:
+            return None
+    if names:
+        if not _in_byte_order("".join(names)):
+            return None
+        names.sort()
+    if len(flags) > 1:
+        flags.sort(key=_flag_value)  # false before true
+    return n, flags, names
+
+
+def _flag_value(flag: BoolKey) -> bool:
+    return flag.value
+
+
+def _in_byte_order(names: str) -> bool:
+    """Whether sorting these key names as str sorts them by their bytes, as the general way does.
+
+    UTF-8 keeps code point order, so it does unless a surrogate (a byte that was not UTF-8) is
+    in play; and then no name can fail to encode either (the general way checks every key before
+    it writes a value: so does this one, by this test).
+    """
+    if names.isascii():
+        return True
+    try:
+        names.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _close(out: list[bytes], start: int, depth: int) -> None:
+    """End the table opened at ``out[start]``: ``{}`` (and ";") when it got no field."""
+    if len(out) == start + 1:
+        out[start] = b"{};"
+    else:
+        out.append(_CLOSERS[depth])
+
+
+def _write_any_table(t: dict, depth: int, out: list[bytes], strings: dict[str, bytes]) -> None:
+    """Any table (``depth`` already counted): keys normalised as Lua stores them, then sorted."""
     entries = []  # (sort key, key, key text, value)
     others: dict = {}  # non-string keys as Lua stores them, to find positional items and clashes
     for k, v in t.items():
@@ -671,62 +845,59 @@ def _dump_table(t: dict, out: list, depth: int) -> None:
             raise EncodeError(f"table key {k!r} given twice (as {nk!r})")
         others[nk] = v
         entries.append((sk, nk, text, v))
-    if not entries:
-        out.append(b"{}")
-        return
     n = 0
     while (n + 1) in others:  # only an int can equal n + 1: floats there are non-integral
         n += 1
-    indent = _INDENTS[depth]
-    sep = b";" + indent
+    start = len(out)
     out.append(b"{")
-    first = True
+    indent = _INDENTS[depth]
     for i in range(1, n + 1):
-        out.append(indent if first else sep)
-        first = False
-        _dump_value(others[i], out, depth)
+        out.append(indent)
+        _write_field(others[i], depth, out, strings)
     if len(entries) > n:
         entries.sort(key=_sort_key)
         for sk, nk, text, v in entries:
             if n and sk[0] == 1 and isinstance(nk, int) and 1 <= nk <= n:  # nk is never a bool (BoolKey)
                 continue
-            out.append(indent if first else sep)
-            first = False
-            out.append(b"[" + (_quote(text) if sk[0] == 2 else text) + b"] = ")
-            _dump_value(v, out, depth)
-    out.append(_CLOSERS[depth - 1])
+            out.append(indent + b"[" + (_quote(text) if sk[0] == 2 else text) + b"] = ")
+            _write_field(v, depth, out, strings)
+    _close(out, start, depth)
 
 
 def _sort_key(entry: tuple) -> tuple:
     return entry[0]
 
 
-def _dump_value(v: Any, out: list, depth: int) -> None:
-    if type(v) is dict:  # pylint: disable=unidiomatic-typecheck  # fast path; a subclass is copied below
-        _dump_table(v, out, depth)
-    elif isinstance(v, dict):
-        _dump_table(dict(v), out, depth)
-    else:
-        out.append(_dump_scalar(v))
+def _strip_field(out: list[bytes]) -> None:
+    """Cut the ";" that ends the last field written: the outermost value is no field."""
+    out[-1] = out[-1][:-1]
 
 
 def dumps(value: Any) -> bytes:
     """util.serialization's text for one value (see the module docstring for the key order)."""
-    out: list = []
-    _dump_value(value, out, 0)
+    out: list[bytes] = []
+    _write_field(value, 0, out, {})
+    _strip_field(out)
     return b"".join(out)
 
 
 def dumps_dat(value: Any) -> bytes:
     """A keyval (``.dat``) file holding ``value``."""
-    return b"return " + dumps(value) + b";\n"
+    out = [b"return "]
+    _write_field(value, 0, out, {})
+    out.append(b"\n")  # after the field's ";"
+    return b"".join(out)
 
 
 def dumps_list(items: Iterable[Any]) -> bytes:
     """An archive (``.list``) file holding ``items`` (None is refused: Prosody's loader drops it)."""
-    out = []
+    strings: dict[str, bytes] = {}  # an archive's items share most strings (JIDs, names, types)
+    out: list[bytes] = []
     for item in items:
         if item is None:
             raise EncodeError("an archive item cannot be nil")
-        out.append(b"item(" + dumps(item) + b");\n")
+        out.append(b"item(")
+        _write_field(item, 0, out, strings)
+        _strip_field(out)
+        out.append(b");\n")
     return b"".join(out)

@@ -86,6 +86,11 @@ def decode_name(raw: bytes) -> str:
 
 
 # times -------------------------------------------------------------------------------------
+_DAYS: dict[int, str] = {}  # "YYYY-MM-DDT" by day since the epoch: an archive's items share few days
+_DAYS_MAX = 4096
+_TWO_DIGITS = [f"{n:02d}" for n in range(60)]  # indexing beats a :02d format spec threefold
+
+
 def format_stamp(when: int | float) -> str:
     """util.datetime.datetime(when), the ``stamp`` mod_storage_internal stores beside ``when``."""
     if isinstance(when, float):
@@ -93,10 +98,25 @@ def format_stamp(when: int | float) -> str:
             raise EncodeError(f"archive time {when!r} is not a finite number")
         # Prosody 0.12 on Lua 5.4 cannot format a fractional time at all; its stamp has whole seconds.
         when = math.floor(when)
+    # strftime(gmtime()) costs more than the rest of an item's encoding: the date is formatted once
+    # per day, the time of day is arithmetic (UTC has no leap seconds in POSIX time).
+    day, second = divmod(when, 86400)
+    date = _DAYS.get(day)
+    if date is None:
+        date = _format_day(day, when)
+    return f"{date}{_TWO_DIGITS[second // 3600]}:{_TWO_DIGITS[second // 60 % 60]}:{_TWO_DIGITS[second % 60]}Z"
+
+
+def _format_day(day: int, when: int) -> str:
+    """The date part of ``when``'s stamp (its midnight is a date exactly when ``when`` is: same year)."""
     try:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+        date = time.strftime("%Y-%m-%dT", time.gmtime(day * 86400))
     except (OverflowError, OSError, ValueError):
         raise EncodeError(f"archive time {when!r} cannot be represented as a date") from None
+    if len(_DAYS) >= _DAYS_MAX:
+        _DAYS.clear()
+    _DAYS[day] = date
+    return date
 
 
 def _days_from_civil(year: int, month: int, day: int) -> int:
@@ -425,7 +445,7 @@ class InternalBackend(Backend):
         if item.with_ is not None and not isinstance(item.with_, str):
             raise EncodeError(f"{where}: item {item.key!r} has a peer {item.with_!r} that is not a string")
         table = item.value.preserialize()
-        table["attr"] = {**table.get("attr", {}), "stamp": format_stamp(item.when)}
+        table["attr"]["stamp"] = format_stamp(item.when)  # preserialize's attr is a copy: ours to change
         table["key"] = item.key
         table["when"] = item.when
         if item.with_ is not None:

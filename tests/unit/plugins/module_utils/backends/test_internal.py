@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
@@ -551,6 +552,36 @@ def test_stamps_format_as_util_datetime_formats_them():
         format_stamp(float("inf"))
     with pytest.raises(EncodeError):
         format_stamp(2**70)
+
+
+# gmtime's range on 64-bit glibc (the year must fit in an int): its first and last second.
+GMTIME_MIN, GMTIME_MAX = -67768040609740800, 67768036191676799
+
+
+def strftime_stamp(when: int | float) -> str | None:
+    """format_stamp as strftime(gmtime()) alone writes it; None where it fails."""
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.floor(when)))
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+@given(
+    when=st.one_of(
+        st.integers(-(2**64), 2**64),
+        st.integers(-(10**12), 10**12),
+        st.integers(-86400 * 3, 86400 * 3),
+        st.sampled_from([GMTIME_MIN, GMTIME_MAX]).flatmap(lambda t: st.integers(t - 86400 * 2, t + 86400 * 2)),
+        st.floats(-1e12, 1e12),
+    )
+)
+def test_stamps_format_as_strftime(when: int | float) -> None:
+    """The date formatted once per day and the time by arithmetic: strftime's text, and its failures."""
+    try:
+        ours = format_stamp(when)
+    except EncodeError:
+        ours = None
+    assert ours == strftime_stamp(when)
 
 
 # -- safety of paths -----------------------------------------------------------------------------
