@@ -402,7 +402,7 @@ class Bench:
         os.unlink(rows_file)
         if dst_kind == "files":
             shutil.rmtree(floor_dest["path"], ignore_errors=True)
-            res.notes.append("floor load: plain file writes, no fsync")
+            res.notes.append("floor load: plain file writes, one sync() at the end")
 
         # the real migrator
         if dst_kind == "sqlite" and src_kind == "files":
