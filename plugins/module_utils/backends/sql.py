@@ -77,15 +77,26 @@ _Delete = tuple[str, list[Any]]  # a DELETE statement and its bound values
 
 class _Held(NamedTuple):
     """An entry's write held until the flush (``SqlBackend._holding``): what it is, the write on its
-    own, and its parts for the batch's bulk write: the deletes of the rows it replaces, its rows."""
+    own, and its parts for the batch's bulk write: the deletes of the rows it replaces, those when
+    the batch is written again (``_Deletes``), and its rows."""
 
     table: str
     host: str
     store: str
     user: Optional[str]
     write: Callable[[], None]
-    deletes: list[_Delete]
+    deletes: _Deletes
     rows: list[tuple[Any, ...]]
+
+
+class _Deletes(NamedTuple):
+    """An entry's deletes: ``first`` when its batch is written, ``again`` when the batch is done
+    again on a new connection (SqlBackend._recover). An entry known absent needs none the first time,
+    but its batch's commit may have happened before the connection went: then every row of the
+    entry (all of them written by the batch) must go before it is written again."""
+
+    first: list[_Delete]
+    again: list[_Delete]
 
 
 class SqlBackend(Backend):
@@ -281,11 +292,13 @@ class SqlBackend(Backend):
         (or an entry is held twice, whose writes must go in order): they are then written one by one."""
         if len({(h.table, h.host, h.store, h.user or "") for h in held}) < len(held):
             return False
-        deletes = [d for h in held for d in h.deletes]
+        first = [d for h in held for d in h.deletes.first]
+        again = [d for h in held for d in h.deletes.again]
         keyval = [r for h in held if h.table == "prosody" for r in h.rows]
         archive = [r for h in held if h.table == "prosodyarchive" for r in h.rows]
 
         def write() -> None:
+            deletes = again if self._replaying else first
             with self._tx() as cur:
                 if deletes:
                     with self.dialect.pipeline(self._conn):
@@ -554,16 +567,17 @@ class SqlBackend(Backend):
         if self._suspect("prosody", "".join(base)):
             for name, text in zip(KEYVAL_COLUMNS, base):
                 self._check(host, store, user, "prosody", {name: text})
-        deletes = []
-        if not absent:
-            where, params = self._where(host=base[0], user=base[1], store=base[2])
-            deletes.append((self.dialect.sql(f'DELETE FROM "prosody" WHERE {where}'), params))
+        everything = [self._entry_delete("prosody", host, store, user)]
+        deletes = _Deletes([] if absent else everything, everything)
         self._apply(_Held("prosody", host, store, user, self._writer("prosody", deletes, rows), deletes, rows))
         self._note_written((host, store, "keyval", user), rows)
 
-    def _writer(
-        self, table: str, deletes: list[tuple[str, list[Any]]], rows: list[tuple[Any, ...]]
-    ) -> Callable[[], None]:
+    def _entry_delete(self, table: str, host: str, store: str, user: Optional[str]) -> _Delete:
+        """The DELETE of every row of one entry."""
+        where, params = self._where(host=host, user=user or "", store=store)
+        return self.dialect.sql(f'DELETE FROM "{table}" WHERE {where}'), params
+
+    def _writer(self, table: str, deletes: _Deletes, rows: list[tuple[Any, ...]]) -> Callable[[], None]:
         """One entry's write on its own: its deletes and rows in one step (pipelined when it is small)."""
         pipelined = len(rows) <= PIPELINE_ROWS
         insert = self.dialect.insert_values if pipelined else self.dialect.insert_many
@@ -571,7 +585,7 @@ class SqlBackend(Backend):
 
         def write() -> None:
             with self._tx(pipelined) as cur:
-                for query, params in deletes:
+                for query, params in deletes.again if self._replaying else deletes.first:
                     cur.execute(query, params)
                 if rows:
                     insert(cur, table, columns, rows)
@@ -648,15 +662,18 @@ class SqlBackend(Backend):
             rows.append(self._archive_row(host, store, user, item) if fresh else known[1])
         if not rows:
             return
-        deletes = []
-        if not absent:
+        if absent:
+            deletes = _Deletes([], [self._entry_delete("prosodyarchive", host, store, user)])
+        else:
             # The items replaced: deleted by key, without reading first which of the keys are there.
             base, params = self._where(host=host, user=user or "", store=store)
             keys = list(latest)
+            replaced = []
             for start in range(0, len(keys), KEYS_CHUNK):
                 condition, bound = self.dialect.any_of("key", keys[start : start + KEYS_CHUNK])
                 query = self.dialect.sql(f'DELETE FROM "prosodyarchive" WHERE {base} AND {condition}')
-                deletes.append((query, [*params, *bound]))
+                replaced.append((query, [*params, *bound]))
+            deletes = _Deletes(replaced, replaced)
         write = self._writer("prosodyarchive", deletes, rows)
         self._apply(_Held("prosodyarchive", host, store, user, write, deletes, rows))
         self._note_written((host, store, "archive", user), rows)

@@ -352,3 +352,55 @@ def test_bulk_text_splits_at_the_statement_size(monkeypatch: pytest.MonkeyPatch)
     assert dialects._escaped_chunks(rows, (("a", "A"),)) == chunks
     monkeypatch.setattr(dialects, "CHUNK_ROWS", 1)
     assert dialects._escaped_chunks(rows, (("a", "A"),)) == ["AAAA\x01b", "c\x011", *chunks[1:]]
+
+
+class _CommitThenDrop:
+    """A connection whose first COMMIT happens, then fails as if the connection went right after."""
+
+    def __init__(self, conn: Any, error: type[BaseException]) -> None:
+        self._conn, self._error, self.dropped = conn, error, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def cursor(self) -> Any:
+        outer = self
+        cursor = self._conn.cursor()
+
+        class Cursor:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(cursor, name)
+
+            def execute(self, query: str, *args: Any) -> Any:
+                result = cursor.execute(query, *args)
+                if query == "COMMIT" and not outer.dropped:
+                    outer.dropped = True
+                    raise outer._error("the connection went after the commit (test)")
+                return result
+
+        return Cursor()
+
+
+def test_a_batch_committed_before_its_connection_went_is_not_written_twice(sqlite_params: dict[str, Any]) -> None:
+    # Whether a commit happened is unknown when the connection goes: the batch is written again on
+    # a new connection. Entries known absent were written without a delete; written again, their
+    # rows from the first time go first, so nothing is doubled.
+    with SqlBackend(sqlite_params) as backend:
+        backend.prepare_writes()
+        backend.keyval_set(HOST, "s", "old", {"a": "0"})
+        backend.archive_write(HOST, "a", "old", [message("k1", "0")])
+        backend._conn = drop = _CommitThenDrop(backend._conn, dialects.sqlite3.OperationalError)
+        backend.start_batch()
+        backend.keyval_set(HOST, "s", "u", {"a": "1", "b": "2"}, absent=True)
+        backend.archive_write(HOST, "a", "u", [message("k1", "1"), message("k2", "2")], absent=True)
+        backend.keyval_set(HOST, "s", "old", {"a": "1"})
+        backend.archive_write(HOST, "a", "old", [message("k1", "1")])
+        backend.flush()
+        assert drop.dropped
+    with SqlBackend(sqlite_params) as backend:
+        assert backend.keyval_get(HOST, "s", "u") == {"a": "1", "b": "2"}
+        assert backend.keyval_get(HOST, "s", "old") == {"a": "1"}
+        assert [key for key, _xml in item_keys(backend, "a", "u")] == ["k1", "k2"]
+        assert [key for key, _xml in item_keys(backend, "a", "old")] == ["k1"]
+        rows = backend._select('SELECT COUNT(*) FROM "prosody"', [])[0][0]
+        assert rows == 3
