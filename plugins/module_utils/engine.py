@@ -806,4 +806,6 @@ def run_migration(
             if tracker is not None:
                 tracker.close()
     report.failed = bool(report.failures) or report.verified is False
+    # Writes taken back (refused when their batch went in, or lost with it) changed nothing.
+    report.changed = report.changed and any(r.changed or r.items_created or r.items_updated for r in report.stores)
     return report

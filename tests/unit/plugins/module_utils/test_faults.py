@@ -355,6 +355,7 @@ def test_database_login_without_insert_rights(source: dict[str, Any], select_onl
         assert f"database {select_only['database']!r}" in failure.reason
         assert "denied" in failure.reason
     assert report.store_result(HOST, "account_details", "keyval").users_created == 0
+    assert report.changed is False  # every write was refused: nothing changed
     assert select_only["password"] not in repr(report.to_dict())
     assert tree_hashes(source["path"]) == before
     with open_backend(dest) as dst:
