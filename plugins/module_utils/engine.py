@@ -169,6 +169,7 @@ class _Run:
         # The entries written since the last flush.
         self._pending: list[_Written] = []
         self._pending_rows = 0
+        self.writes_kept = 0  # entries written and not taken back since (refused, or lost with a batch)
         self._batch_start = time.monotonic()
 
     # running ----------------------------------------------------------------------------------
@@ -206,6 +207,7 @@ class _Run:
     def _wrote(self, written: _Written, rows: int) -> None:
         """Note one entry's write; flush when the batch is full."""
         self._pending.append(written)
+        self.writes_kept += 1
         self._pending_rows += rows
         if self._pending_rows >= BATCH_ROWS or time.monotonic() - self._batch_start >= BATCH_SECONDS:
             self._flush()
@@ -250,6 +252,7 @@ class _Run:
             self.tracker.lost()
         for written in self._pending:
             self._unwrite(written, f"written, but the batch holding the write was lost: {reason}")
+        self.writes_kept -= len(self._pending)
         self._pending.clear()
 
     def _refused(self, entry: RefusedEntry) -> None:
@@ -262,6 +265,7 @@ class _Run:
             self._result(entry.host, entry.store, entry.kind).users_failed += 1
         else:
             self._pending.remove(written)
+            self.writes_kept -= 1
         self._unwrite(written, reason)
 
     def _unwrite(self, written: _Written, reason: str) -> None:
@@ -806,6 +810,6 @@ def run_migration(
             if tracker is not None:
                 tracker.close()
     report.failed = bool(report.failures) or report.verified is False
-    # Writes taken back (refused when their batch went in, or lost with it) changed nothing.
-    report.changed = report.changed and any(r.changed or r.items_created or r.items_updated for r in report.stores)
+    if not options.check and run.writes_kept == 0:
+        report.changed = False  # every write was taken back (refused when its batch went in, or lost)
     return report
