@@ -12,7 +12,6 @@ paths (keys out of order, holes, non-ASCII keys, subclasses) and strings long an
 from __future__ import annotations
 
 import enum
-import math
 import re
 from collections import OrderedDict
 from typing import Any, Callable
@@ -23,8 +22,14 @@ from hypothesis import strategies as st
 from ansible_collections.xmpp.prosody.plugins.module_utils import luadata
 from ansible_collections.xmpp.prosody.plugins.module_utils.errors import EncodeError
 from ansible_collections.xmpp.prosody.plugins.module_utils.luadata import (
+    _INDENTS,
+    _STR_ESCAPES,
     MAX_DEPTH,
     BoolKey,
+    _dump_float,
+    _dump_int,
+    _encode_str,
+    _norm_key,
     dumps,
     dumps_dat,
     dumps_list,
@@ -33,18 +38,9 @@ from ansible_collections.xmpp.prosody.plugins.module_utils.luadata import (
 from lua_strategies import encodable_values, finite_values, nonfinite_values, strings
 
 # -- the reference: the writer before its fast paths ----------------------------------------------
-_INT_MAX = 2**63 - 1
-_INT_MIN = -(2**63)
-_STR_ESCAPES = [b"\\%03d" % i for i in range(256)]
-for _c, _e in ((7, b"\\a"), (8, b"\\b"), (12, b"\\f"), (10, b"\\n"), (13, b"\\r"), (9, b"\\t"), (11, b"\\v")):
-    _STR_ESCAPES[_c] = _e
-for _c in b"\\\"'":
-    _STR_ESCAPES[_c] = b"\\" + bytes((_c,))
-for _c in range(32, 127):
-    if _c not in b"\\\"'":
-        _STR_ESCAPES[_c] = bytes((_c,))
+# What the fast paths left as it was (the escape table, numbers, keys other than strings) is the
+# writer's own; the rest (string quoting, tables) is kept here as it was.
 _NEEDS_ESCAPE = re.compile(rb"[\x00-\x1f\"'\\\x7f-\xff]+")
-_INDENTS = [b"\n" + b"\t" * d for d in range(MAX_DEPTH + 2)]
 _CLOSERS = [b";\n" + b"\t" * d + b"}" for d in range(MAX_DEPTH + 2)]
 
 
@@ -52,36 +48,8 @@ def _escape_run(m: re.Match) -> bytes:
     return b"".join([_STR_ESCAPES[c] for c in m.group()])
 
 
-def _encode_str(s: str) -> bytes:
-    try:
-        return s.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError as exc:
-        raise EncodeError(f"string is not encodable as bytes: {exc}") from None
-
-
 def _quote(raw: bytes) -> bytes:
     return b'"' + _NEEDS_ESCAPE.sub(_escape_run, raw) + b'"'
-
-
-def _dump_float(v: float) -> bytes:
-    if math.isnan(v):
-        return b"(0/0)"
-    if v == math.inf:
-        return b"(1/0)"
-    if v == -math.inf:
-        return b"(-1/0)"
-    text = b"%.18g" % v
-    if b"." in text or b"e" in text:
-        return text
-    return text + b".0"
-
-
-def _dump_int(v: int) -> bytes:
-    if v > _INT_MAX or v < _INT_MIN:
-        raise EncodeError(f"integer {v} does not fit in a Lua integer (64 bits)")
-    if v == _INT_MIN:
-        return b"0x8000000000000000"
-    return b"%d" % v
 
 
 def _dump_scalar(v: Any) -> bytes:
@@ -107,28 +75,6 @@ def _dump_scalar(v: Any) -> bytes:
     if isinstance(v, str):
         return _quote(_encode_str(str(v)))
     raise EncodeError(f"cannot write a {t.__name__} as Lua data")
-
-
-def _norm_key(k: Any) -> tuple[tuple, Any, bytes]:
-    if isinstance(k, (BoolKey, bool)):
-        b = k.value if isinstance(k, BoolKey) else bool(k)
-        return (0, b), BoolKey(b), b"true" if b else b"false"
-    if isinstance(k, int):
-        k = int(k)
-        return (1, k), k, _dump_int(k)
-    if isinstance(k, float):
-        k = float(k)
-        if math.isnan(k):
-            raise EncodeError("NaN cannot be a table key")
-        if k.is_integer() and _INT_MIN <= k <= _INT_MAX:
-            return (1, int(k)), int(k), _dump_int(int(k))
-        return (1, k), k, _dump_float(k)
-    if isinstance(k, str):
-        raw = _encode_str(str(k))
-        return (2, raw), str(k), raw
-    if k is None:
-        raise EncodeError("nil cannot be a table key")
-    raise EncodeError(f"a {type(k).__name__} cannot be a table key")
 
 
 def _dump_table(t: dict, out: list, depth: int) -> None:
