@@ -674,25 +674,16 @@ class MySQL(Dialect):
         # spends most of a row's cost quoting each value through its type dispatch.
         cols = ", ".join(f'"{c}"' for c in columns)
         head = f'INSERT INTO "{table}" ({cols}) VALUES '
-        no_backslash = _no_backslash_escapes(cur.connection)
-        chunks = _escaped_chunks(rows, _MYSQL_QUOTES_ONLY if no_backslash else _MYSQL_ESCAPES)
+        escapes = _MYSQL_QUOTES_ONLY if _no_backslash_escapes(cur.connection) else _MYSQL_ESCAPES
+        chunks = _escaped_chunks(rows, escapes)
         if chunks is not None:
             # Every value quoted, integers too: MySQL reads '1700000000' into a BIGINT exactly.
             for chunk in chunks:
                 cur.execute(head + "('" + chunk.replace(_FIELD, "','").replace(_RECORD, "'),('") + "')")
             return
-        literal = _mysql_literal(cur.connection)
-        parts: list[str] = []
-        size = 0
-        for row in rows:
-            text = "(" + ",".join([literal(v) for v in row]) + ")"
-            if parts and size + len(text) > STATEMENT_CHARS:
-                cur.execute(head + ",".join(parts))
-                parts, size = [], 0
-            parts.append(text)
-            size += len(text) + 1
-        if parts:
-            cur.execute(head + ",".join(parts))
+        literal = _mysql_literal(cur.connection, escapes)
+        for chunk in _joined(["(" + ",".join([literal(v) for v in row]) + ")" for row in rows], ","):
+            cur.execute(head + chunk)
 
     def index_column(self, column: str) -> str:
         # TEXT needs a prefix length in a MySQL index; Prosody uses 20 characters.
@@ -760,9 +751,8 @@ def _no_backslash_escapes(conn: Any) -> bool:
     return bool(conn.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES)
 
 
-def _mysql_literal(conn: Any) -> Callable[[Any], str]:
-    """A function giving a value's SQL literal text on this PyMySQL connection."""
-    escapes = _MYSQL_QUOTES_ONLY if _no_backslash_escapes(conn) else _MYSQL_ESCAPES
+def _mysql_literal(conn: Any, escapes: Sequence[tuple[str, str]]) -> Callable[[Any], str]:
+    """A function giving a value's SQL literal text on this PyMySQL connection (``escapes`` for its sql_mode)."""
 
     def literal(value: Any) -> str:
         if value.__class__ is str:
@@ -795,20 +785,27 @@ def _escaped_chunks(rows: Sequence[tuple[Any, ...]], escapes: Sequence[tuple[str
         texts = [_FIELD.join([v if v.__class__ is str else _integer_text(v) for v in row]) for row in rows]
     except TypeError:
         return None
-    chunks = []
-    start = 0
-    while start < len(texts):
-        end = min(start + CHUNK_ROWS, len(texts))
-        chunk = _RECORD.join(texts[start:end])
-        while len(chunk) > STATEMENT_CHARS and end - start > 1:  # rows larger than usual: fewer of them
-            end = start + (end - start) // 2
-            chunk = _RECORD.join(texts[start:end])
-        chunks.append(chunk)
-        start = end
+    chunks = _joined(texts, _RECORD)
     fields = sum(len(row) - 1 for row in rows)
     if sum(c.count(_FIELD) for c in chunks) != fields or sum(c.count(_RECORD) + 1 for c in chunks) != len(rows):
         return None
     return [_escaped(chunk, escapes) for chunk in chunks]
+
+
+def _joined(texts: list[str], separator: str) -> list[str]:
+    """The texts joined by ``separator``, CHUNK_ROWS at a time, fewer where that would pass
+    STATEMENT_CHARS (a text longer than that alone)."""
+    chunks = []
+    start = 0
+    while start < len(texts):
+        end = min(start + CHUNK_ROWS, len(texts))
+        chunk = separator.join(texts[start:end])
+        while len(chunk) > STATEMENT_CHARS and end - start > 1:  # rows larger than usual: fewer of them
+            end = start + (end - start) // 2
+            chunk = separator.join(texts[start:end])
+        chunks.append(chunk)
+        start = end
+    return chunks
 
 
 def _integer_text(value: Any) -> str:
