@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, Callable
 
 from .luadata import _BODY_DQ, _FLOAT, _INT_MAX, _LIST_START, _parse, _Syntax, _unescape
 
@@ -107,31 +107,45 @@ def _number(raw: str) -> int | float:
 class _Shape:
     """The regex and assembly plan of one item shape."""
 
-    __slots__ = ("booleans", "hits", "match", "numbers", "tables")
+    __slots__ = ("build_values", "hits", "match")
 
     def __init__(self, pattern: str, kinds: list[str], tables: list[list[tuple[Any, int]]]) -> None:
         self.match = re.compile(pattern).match
         self.hits = 0  # items read since the last shape was learnt: orders the recent shapes
-        self.numbers = tuple(i for i, kind in enumerate(kinds) if kind == "number")
-        self.booleans = tuple(i for i, kind in enumerate(kinds) if kind == "boolean")
-        # Per table, in the order the tables close (children first, the item last): its fields
-        # as (key, index in the values), the values being the slots' then the tables' so far.
-        self.tables = tuple(tuple(fields) for fields in tables)
+        self.build_values = _builder(kinds, tables)
 
     def build(self, m: re.Match[str]) -> dict[Any, Any]:
         """The item this match of the shape's regex stands for (ValueError or _Syntax: let the general reader do it)."""
-        # Only strings can hold a backslash; a string without one is its own value.
-        values = [raw if "\\" not in raw else _unescape_text(raw) for raw in m.groups()]
-        for i in self.numbers:
-            values[i] = _number(values[i])
-        for i in self.booleans:
-            values[i] = values[i] == "true"
-        for fields in self.tables:
-            table = {}
-            for key, source in fields:
-                table[key] = values[source]
-            values.append(table)
-        return values[-1]
+        return self.build_values(m.groups())
+
+
+def _builder(kinds: list[str], tables: list[list[tuple[Any, int]]]) -> Callable[[tuple[str, ...]], dict[Any, Any]]:
+    """A function from a match's groups to the item: one expression, compiled once per shape.
+
+    A loop over the plan cost more than the regex match itself. The generated source holds only
+    indexes, and the shape's keys come in as arguments, never as text: nothing read from a file
+    is ever compiled.
+    """
+    exprs = []
+    for i, kind in enumerate(kinds):
+        if kind == "string":
+            # Only strings can hold a backslash; a string without one is its own value.
+            exprs.append(f"(g[{i}] if '\\\\' not in g[{i}] else u(g[{i}]))")
+        elif kind == "number":
+            exprs.append(f"n(g[{i}])")
+        else:
+            exprs.append(f"(g[{i}] == 'true')")
+    keys: list[Any] = []
+    for fields in tables:  # children first, each table's text made from those before it
+        items = []
+        for key, source in fields:
+            keys.append(key)
+            items.append(f"k[{len(keys) - 1}]: {exprs[source]}")
+        exprs.append("{" + ", ".join(items) + "}")
+    source = f"def build(g):\n    return {exprs[-1]}\n"
+    namespace: dict[str, Any] = {"u": _unescape_text, "n": _number, "k": tuple(keys)}
+    exec(compile(source, "<luashape>", "exec"), namespace)  # pylint: disable=exec-used
+    return namespace["build"]
 
 
 _SHAPES: dict[str, _Shape | None] = {}  # by pattern; None: a shape that failed its check
@@ -252,12 +266,13 @@ def _learn(text: str, start: int, stop: int, item: Any) -> tuple[_Shape | None, 
     pattern, kinds, tables = skeleton
     if pattern in _SHAPES:
         return _SHAPES[pattern], False
-    shape: _Shape | None = _Shape(pattern, kinds, tables)
-    m = shape.match(text, start)
+    shape: _Shape | None
     try:
+        shape = _Shape(pattern, kinds, tables)
+        m = shape.match(text, start)
         ok = m is not None and _identical(shape.build(m), item)
-    except (ValueError, OverflowError, _Syntax):
-        ok = False
+    except (ValueError, OverflowError, _Syntax, SyntaxError, RecursionError):
+        shape, ok = None, False
     if not ok:  # not expected: then this shape is left to the general reader for good
         shape = None
     if len(_SHAPES) >= MAX_SHAPES:

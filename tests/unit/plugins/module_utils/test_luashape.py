@@ -202,6 +202,15 @@ def test_every_kind_of_value_in_one_shape(monkeypatch: pytest.MonkeyPatch) -> No
     assert counting.statements == 1
 
 
+def test_keys_and_values_that_look_like_python_are_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A shape is compiled to Python once learnt: what the file holds must never become code.
+    code = "'] or __import__('os').system('false') or k['"
+    items = [{code: f"{code}{i}", "k": {f"}}, {code}": i, "u": code + "\\"}, "g[0]": "g[1]"} for i in range(5)]
+    counting = Counting(monkeypatch)
+    assert exact(loads_list(dumps_list(items), "t.list")) == exact(items)
+    assert counting.statements == 1
+
+
 def test_shape_changes_mid_file(monkeypatch: pytest.MonkeyPatch) -> None:
     marker = {"name": "markable", "attr": {"xmlns": "urn:xmpp:chat-markers:0"}}
     kinds = "aaabbabbbaab"
