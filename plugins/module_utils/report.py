@@ -23,6 +23,8 @@ _SECRET_NAMES = frozenset({"password", "stored_key", "server_key", "salt"})
 _SECRET_PARTS = re.compile(r"password|passwd|secret|token", re.IGNORECASE)
 _HEX_KEY = re.compile(r".*_key\Z", re.IGNORECASE | re.DOTALL)
 _HEX = re.compile(r"[0-9A-Fa-f]{16,}\Z")
+# Matches the keys (joined by newlines) of every table that has a key is_secret may take, and more.
+_MAYBE_SECRET = re.compile(r"password|passwd|secret|token|salt|_key(?=\n|\Z)", re.IGNORECASE)
 _MIN_SECRET = 4  # shorter strings would mask ordinary words in messages
 _PREFIX = 12  # a secret's prefix this long (an error message's truncated preview) is masked too
 
@@ -49,6 +51,10 @@ def find_secrets(value: Any, found: set[str]) -> None:
     while stack:
         table = stack.pop()
         if not isinstance(table, dict):
+            continue
+        if not _MAYBE_SECRET.search("\n".join([k for k in table if isinstance(k, str)])):
+            # The usual table (a roster, a vCard): one search of all its keys clears them.
+            stack.extend([v for v in table.values() if isinstance(v, dict)])
             continue
         for k, v in table.items():
             if is_secret(k, v):

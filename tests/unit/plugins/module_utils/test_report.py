@@ -21,6 +21,8 @@ from ansible_collections.xmpp.prosody.plugins.module_utils.report import (
     Report,
     Scrubber,
     StoreResult,
+    find_secrets,
+    is_secret,
     jsonable,
     mask_secrets,
 )
@@ -110,6 +112,53 @@ def test_secret_fields_are_masked_at_any_depth():
         "groups": {"Friends": True},
         1: "positional",
     }
+
+
+# Key names near the secret ones: other cases, other scripts' letters that fold to ASCII (the
+# Kelvin sign lowers to "k"), newlines inside keys (the quick check joins keys with them).
+secret_words = st.sampled_from(
+    ["password", "passwd", "secret", "token", "salt", "stored_key", "server_key", "_key", "key"]
+)
+secret_keys = st.builds(
+    lambda word, upper, kelvin, before, after: (
+        before + (word.upper() if upper else word).replace("k", "\u212a" if kelvin else "k") + after
+    ),
+    secret_words,
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from(["", "x", "\n", "a_"]),
+    st.sampled_from(["", "s", "\n", "\nx"]),
+)
+secret_values = st.recursive(
+    scalars | st.just("00FF" * 5),
+    lambda inner: st.dictionaries(keys | secret_keys, inner, max_size=5),
+    max_leaves=20,
+)
+
+
+def _secrets_key_by_key(value: Any, found: set[str]) -> None:
+    """find_secrets as is_secret defines it, every key asked."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if is_secret(k, v):
+                stack = [v]
+                while stack:
+                    item = stack.pop()
+                    if isinstance(item, str) and len(item) >= 4:
+                        found.add(item)
+                    elif isinstance(item, dict):
+                        stack.extend(item.values())
+            else:
+                _secrets_key_by_key(v, found)
+
+
+@given(secret_values)
+def test_finding_secrets_by_the_quick_check_misses_none(value: Any):
+    quick: set[str] = set()
+    find_secrets(value, quick)
+    reference: set[str] = set()
+    _secrets_key_by_key(value, reference)
+    assert quick == reference
 
 
 def test_scrubber_masks_secrets_and_their_previews():
