@@ -143,8 +143,14 @@ def _raw(text: str) -> bytes:
 
 
 def _quote(text: str) -> str:
+    if text.isascii():  # no surrogates to refuse, and most need no escape
+        return '"' + (_NEEDS_ESCAPE.sub(_escape_char, text) if _NEEDS_ESCAPE.search(text) else text) + '"'
     _raw(text)
     return '"' + _NEEDS_ESCAPE.sub(_escape_char, text) + '"'
+
+
+def _first(item: tuple[str, Any]) -> str:
+    return item[0]
 
 
 def _hash_order(key: Any) -> tuple[int, Any]:
@@ -176,7 +182,10 @@ def _split_table(table: dict[Any, Any]) -> tuple[list[tuple[str, Any]], list[Any
     sequence = []
     while len(sequence) + 1 in others:
         sequence.append(others.pop(len(sequence) + 1))
-    members.sort(key=lambda item: _raw(item[0]))
+    if "".join([key for key, _value in members]).isascii():
+        members.sort(key=_first)  # ASCII text sorts as its bytes do
+    else:
+        members.sort(key=lambda item: _raw(item[0]))
     return members, sequence, others
 
 
