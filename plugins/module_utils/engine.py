@@ -33,14 +33,14 @@ these differences:
 run comparing the destination as it is. Warnings come from the backends' ``warnings`` lists and
 from the file store's archive quota.
 
-Writes are batched (``Backend.start_batch``): a SQL destination commits once per BATCH_ROWS rows
-or BATCH_SECONDS seconds, at the end of each store and of the run, each user's write under a
+Writes are batched (``Backend.start_batch``): a SQL destination commits once per BATCH_ROWS rows,
+BATCH_ENTRIES entries or BATCH_SECONDS seconds, at the end of each store and of the run, each user's write under a
 savepoint of its own; a file destination fsyncs what it wrote at those same points. When a
 batch is lost (``WritesLost``, or a failing flush), every user written in it is a failure of its
 own, taken back out of the created/updated counts; a re-run writes them again. A SQL destination
 holds each batch until the flush, where an entry it refuses (``EntriesRefused``) becomes a
 failure of its own in the same way, the batch's other entries being written. As one worker of
-several (``Options.partition``) the destination is told so (``Backend.concurrent_writers``).
+several (``Options.partition``) it does so with its own share of the users.
 
 With ``Options.state`` (a file, state.py), an entry whose fingerprints on both sides
 (``Backend.fingerprints``) are those it had when a run last found it equal, or wrote it and saw
@@ -83,6 +83,9 @@ PUBSUB_SERVICE_STORE = "pubsub_nodes"  # mod_pubsub's node list; its "users" are
 # make it a small part of the run, while a crash loses at most this much work, which a re-run redoes.
 BATCH_ROWS = 2000
 BATCH_SECONDS = 2.0
+# ...or this many entries: each held entry costs about a kilobyte besides its rows (its deletes,
+# its record for the state), so a batch of one-row entries (accounts, vCards) stays small too.
+BATCH_ENTRIES = 500
 # With a state file, the users of a store are fingerprinted (and looked up in the state) this many
 # at a time, ahead of copying them: one query per run of users rather than one per user.
 PLAN_USERS = 200
@@ -209,7 +212,11 @@ class _Run:
         self._pending.append(written)
         self.writes_kept += 1
         self._pending_rows += rows
-        if self._pending_rows >= BATCH_ROWS or time.monotonic() - self._batch_start >= BATCH_SECONDS:
+        if (
+            self._pending_rows >= BATCH_ROWS
+            or len(self._pending) >= BATCH_ENTRIES
+            or time.monotonic() - self._batch_start >= BATCH_SECONDS
+        ):
             self._flush()
 
     def _flush(self, stopping: bool = False) -> None:

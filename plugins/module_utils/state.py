@@ -44,7 +44,7 @@ BUSY_SECONDS = 30  # the workers of a run write the file by turns
 LOOKUP_CHUNK = 400  # users per lookup query, under SQLite's limit on bound values
 # Records gathered are saved this many at a time, and at the end of each store: each save is a
 # transaction (a few fsyncs); a run killed before a save loses only those records (a compare each).
-SAVE_RECORDS = 2000
+SAVE_RECORDS = 500
 # The modules whose code decides what a run reads, compares and writes: any change to them
 # (an upgrade of the collection) makes earlier records unusable.
 _ENGINE_MODULES = (

@@ -187,9 +187,9 @@ options:
       - When not given, one per CPU core of the managed host, at most 4.
       - V(1) runs everything in the module's own process. With diff mode the run always uses one process, so
         that the diff lists the changes in order.
-      - Into SQL, each process keeps its batch (up to 2,000 rows) and writes it in one short transaction at the
-        batch's end. An entry the database refuses there fails alone, and without O(keep_going) the run stops at
-        the end of that batch rather than at the entry.
+      - Into SQL, each process keeps its batch (up to 2,000 rows or 500 entries) and writes it in one short
+        transaction at the batch's end. An entry the database refuses there fails alone, and without
+        O(keep_going) the run stops at the end of that batch rather than at the entry.
     type: int
   skip_unchanged:
     description:

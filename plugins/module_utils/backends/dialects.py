@@ -20,8 +20,8 @@ from typing import Any, Optional
 from ..errors import ProsodyMigrateError
 
 # How long a SQLite3 connection waits for another's lock before failing "database is locked". Other
-# writers hold it for one batch each: parallel workers write a batch (at most 2,000 rows or 2 s of
-# the worker's reading, engine.py) in one transaction, so a worker waits for a few of those at most;
+# writers hold it for one batch each: parallel workers write a batch (at most 2,000 rows, 500 entries or
+# 2 s of the worker's reading, engine.py) in one transaction, so a worker waits for a few of those at most;
 # a minute leaves a wide margin for a slow disk or a large entry.
 SQLITE_BUSY_TIMEOUT_MS = 60000
 # Rows per multi-row INSERT statement (PostgreSQL's pipelined path): well under any bind limit.

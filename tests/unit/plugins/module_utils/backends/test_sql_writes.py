@@ -246,6 +246,34 @@ def test_a_batch_counts_each_field_of_a_table_as_a_row(tmp_path: Any, monkeypatc
         assert {user: backend.keyval_get(HOST, "roster", user) for user in rosters} == rosters
 
 
+def test_a_batch_of_small_entries_ends_at_batch_entries(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entries of one row each (accounts, vCards) end a batch by their number: each held entry
+    costs memory besides its rows, which a batch of 2,000 of them made grow with the users."""
+    source = {"type": "internal", "path": str(tmp_path / "data")}
+    accounts = {f"user{n:02d}": {"password": f"secret-{n}"} for n in range(10)}
+    with open_backend(source) as src:
+        for user, account in accounts.items():
+            src.keyval_set(HOST, "accounts", user, account)
+    commits: list[int] = []
+    flush = SqlBackend.flush
+
+    def counted(backend: SqlBackend) -> None:
+        held = bool(backend._held)
+        flush(backend)
+        if held:
+            commits.append(backend._select('SELECT COUNT(*) FROM "prosody"', [])[0][0])
+
+    monkeypatch.setattr(SqlBackend, "flush", counted)
+    monkeypatch.setattr(engine, "BATCH_ENTRIES", 4)
+    monkeypatch.setattr(engine, "BATCH_SECONDS", 3600.0)
+    dest = {"type": "sql", "driver": "SQLite3", "database": str(tmp_path / "out.sqlite")}
+    report = run_migration(source, dest, Options(hosts=[HOST], stores=["accounts"], jobs=1))
+    assert not report.failed and report.totals()["users_created"] == 10
+    assert commits == [4, 8, 10]  # four users a batch, the rest at the end of the store
+    with open_backend(dest) as backend:
+        assert {user: backend.keyval_get(HOST, "accounts", user) for user in accounts} == accounts
+
+
 def test_a_flushed_batch_frees_its_writes_without_the_garbage_collector(
     sql_params: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
