@@ -122,9 +122,9 @@ class _Shape:
 def _builder(kinds: list[str], tables: list[list[tuple[Any, int]]]) -> Callable[[tuple[str, ...]], dict[Any, Any]]:
     """A function from a match's groups to the item: one expression, compiled once per shape.
 
-    A loop over the plan cost more than the regex match itself. The generated source holds only
-    indexes, and the shape's keys come in as arguments, never as text: nothing read from a file
-    is ever compiled.
+    A loop over the plan cost about a tenth of the file's reading. The generated source holds only
+    indexes and fixed names; the shape's keys are taken from a tuple, never written into the
+    source: nothing read from a file is ever compiled.
     """
     exprs = []
     for i, kind in enumerate(kinds):
