@@ -335,6 +335,25 @@ def test_an_unusable_state_file_warns_and_the_run_compares_everything(
         assert tables == {"prosody", "prosodyarchive", "sqlite_sequence"}
 
 
+@pytest.mark.parametrize("side", ["source", "destination"])
+def test_fingerprints_that_fail_warn_and_the_run_compares_everything(
+    source: dict[str, Any], pg_dest: dict[str, Any], state_file: str, monkeypatch: pytest.MonkeyPatch, side: str
+) -> None:
+    first = migrate(source, pg_dest, state=state_file)
+    assert (first.failed, first.failures) == (False, [])
+    failing = InternalBackend if side == "source" else SqlBackend
+
+    def fail(backend: Any, entries: Any) -> Any:
+        raise ProsodyMigrateError(f"the {side} cannot be fingerprinted")
+
+    monkeypatch.setattr(failing, "fingerprints", fail)
+    second = migrate(source, pg_dest, state=state_file)
+    assert (second.changed, second.failed, second.failures) == (False, False, [])
+    warned = [w for w in second.warnings if f"the {side} cannot be fingerprinted" in w]
+    assert len(warned) == 1 and "compares every entry" in warned[0], second.warnings
+    assert second.totals()["users_unchanged"] == first.totals()["users_created"] > 80
+
+
 def test_a_state_that_cannot_be_written_warns_once_and_the_run_goes_on(
     source: dict[str, Any], sqlite_dest: dict[str, Any], state_file: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
