@@ -215,16 +215,15 @@ def test_the_one_pass_row_check_with_narrow_mysql_columns(mysql_params: dict[str
 
 
 # batches ---------------------------------------------------------------------------------------
-def test_a_batch_counts_each_field_of_a_table_as_a_row(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A keyval table is a row per field in SQL: a batch commits at BATCH_ROWS of those, so what a
-    crash can lose (and what the batch holds for replay) is bounded by rows, not by users."""
+def _migrate_counting_commits(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, store: str, values: dict[str, Any]
+) -> tuple[Any, list[int], dict[str, Any]]:
+    """Migrate one store's values (by user) from files into a new SQLite3 database; returns the
+    report, the destination's keyval row count after each commit of a batch, and the destination."""
     source = {"type": "internal", "path": str(tmp_path / "data")}
-    rosters = {
-        f"user{n:02d}": {f"contact{i}@example.net": {"subscription": "both"} for i in range(100)} for n in range(12)
-    }
     with open_backend(source) as src:
-        for user, roster in rosters.items():
-            src.keyval_set(HOST, "roster", user, roster)
+        for user, value in values.items():
+            src.keyval_set(HOST, store, user, value)
     commits: list[int] = []
     flush = SqlBackend.flush
 
@@ -235,10 +234,20 @@ def test_a_batch_counts_each_field_of_a_table_as_a_row(tmp_path: Any, monkeypatc
             commits.append(backend._select('SELECT COUNT(*) FROM "prosody"', [])[0][0])
 
     monkeypatch.setattr(SqlBackend, "flush", counted)
-    monkeypatch.setattr(engine, "BATCH_ROWS", 250)
     monkeypatch.setattr(engine, "BATCH_SECONDS", 3600.0)
     dest = {"type": "sql", "driver": "SQLite3", "database": str(tmp_path / "out.sqlite")}
-    report = run_migration(source, dest, Options(hosts=[HOST], stores=["roster"]))
+    report = run_migration(source, dest, Options(hosts=[HOST], stores=[store], jobs=1))
+    return report, commits, dest
+
+
+def test_a_batch_counts_each_field_of_a_table_as_a_row(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A keyval table is a row per field in SQL: a batch commits at BATCH_ROWS of those, so what a
+    crash can lose (and what the batch holds for replay) is bounded by rows, not by users."""
+    rosters = {
+        f"user{n:02d}": {f"contact{i}@example.net": {"subscription": "both"} for i in range(100)} for n in range(12)
+    }
+    monkeypatch.setattr(engine, "BATCH_ROWS", 250)
+    report, commits, dest = _migrate_counting_commits(tmp_path, monkeypatch, "roster", rosters)
     assert not report.failed and report.totals()["users_created"] == 12
     # Three rosters (300 rows) to a batch: four commits; one for the whole store before.
     assert commits[:4] == [300, 600, 900, 1200]
@@ -249,29 +258,13 @@ def test_a_batch_counts_each_field_of_a_table_as_a_row(tmp_path: Any, monkeypatc
 def test_a_batch_of_small_entries_ends_at_batch_entries(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Entries of one row each (accounts, vCards) end a batch by their number: each held entry
     costs memory besides its rows, which a batch of 2,000 of them made grow with the users."""
-    source = {"type": "internal", "path": str(tmp_path / "data")}
-    accounts = {f"user{n:02d}": {"password": f"secret-{n}"} for n in range(10)}
-    with open_backend(source) as src:
-        for user, account in accounts.items():
-            src.keyval_set(HOST, "accounts", user, account)
-    commits: list[int] = []
-    flush = SqlBackend.flush
-
-    def counted(backend: SqlBackend) -> None:
-        held = bool(backend._held)
-        flush(backend)
-        if held:
-            commits.append(backend._select('SELECT COUNT(*) FROM "prosody"', [])[0][0])
-
-    monkeypatch.setattr(SqlBackend, "flush", counted)
+    vcards = {f"user{n:02d}": {"fn": f"User {n}"} for n in range(10)}
     monkeypatch.setattr(engine, "BATCH_ENTRIES", 4)
-    monkeypatch.setattr(engine, "BATCH_SECONDS", 3600.0)
-    dest = {"type": "sql", "driver": "SQLite3", "database": str(tmp_path / "out.sqlite")}
-    report = run_migration(source, dest, Options(hosts=[HOST], stores=["accounts"], jobs=1))
+    report, commits, dest = _migrate_counting_commits(tmp_path, monkeypatch, "vcard", vcards)
     assert not report.failed and report.totals()["users_created"] == 10
     assert commits == [4, 8, 10]  # four users a batch, the rest at the end of the store
     with open_backend(dest) as backend:
-        assert {user: backend.keyval_get(HOST, "accounts", user) for user in accounts} == accounts
+        assert {user: backend.keyval_get(HOST, "vcard", user) for user in vcards} == vcards
 
 
 def test_a_flushed_batch_frees_its_writes_without_the_garbage_collector(
