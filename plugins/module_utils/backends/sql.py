@@ -91,12 +91,13 @@ class _Held(NamedTuple):
 
 class _Deletes(NamedTuple):
     """An entry's deletes: ``first`` when its batch is written, ``again`` when the batch is done
-    again on a new connection (SqlBackend._recover). An entry known absent needs none the first time,
-    but its batch's commit may have happened before the connection went: then every row of the
-    entry (all of them written by the batch) must go before it is written again."""
+    again on a new connection (SqlBackend._recover); None there means every row of the entry, the
+    usual case, built only if it comes to that (``SqlBackend._again``). An entry known absent needs
+    none the first time, but its batch's commit may have happened before the connection went: then
+    every row of the entry (all of them written by the batch) must go before it is written again."""
 
     first: list[_Delete]
-    again: list[_Delete]
+    again: Optional[list[_Delete]]
 
 
 class SqlBackend(Backend):
@@ -293,12 +294,14 @@ class SqlBackend(Backend):
         if len({(h.table, h.host, h.store, h.user or "") for h in held}) < len(held):
             return False
         first = [d for h in held for d in h.deletes.first]
-        again = [d for h in held for d in h.deletes.again]
         keyval = [r for h in held if h.table == "prosody" for r in h.rows]
         archive = [r for h in held if h.table == "prosodyarchive" for r in h.rows]
 
         def write() -> None:
-            deletes = again if self._replaying else first
+            if self._replaying:
+                deletes = [d for h in held for d in self._again(h.table, h.host, h.store, h.user, h.deletes)]
+            else:
+                deletes = first
             with self._tx() as cur:
                 if deletes:
                     with self.dialect.pipeline(self._conn):
@@ -567,9 +570,9 @@ class SqlBackend(Backend):
         if self._suspect("prosody", "".join(base)):
             for name, text in zip(KEYVAL_COLUMNS, base):
                 self._check(host, store, user, "prosody", {name: text})
-        everything = [self._entry_delete("prosody", host, store, user)]
-        deletes = _Deletes([] if absent else everything, everything)
-        self._apply(_Held("prosody", host, store, user, self._writer("prosody", deletes, rows), deletes, rows))
+        deletes = _Deletes([] if absent else [self._entry_delete("prosody", host, store, user)], None)
+        write = self._writer("prosody", host, store, user, deletes, rows)
+        self._apply(_Held("prosody", host, store, user, write, deletes, rows))
         self._note_written((host, store, "keyval", user), rows)
 
     def _entry_delete(self, table: str, host: str, store: str, user: Optional[str]) -> _Delete:
@@ -577,15 +580,22 @@ class SqlBackend(Backend):
         where, params = self._where(host=host, user=user or "", store=store)
         return self.dialect.sql(f'DELETE FROM "{table}" WHERE {where}'), params
 
-    def _writer(self, table: str, deletes: _Deletes, rows: list[tuple[Any, ...]]) -> Callable[[], None]:
+    def _again(self, table: str, host: str, store: str, user: Optional[str], deletes: _Deletes) -> list[_Delete]:
+        """An entry's deletes when its batch is written again (``_Deletes``)."""
+        return [self._entry_delete(table, host, store, user)] if deletes.again is None else deletes.again
+
+    def _writer(
+        self, table: str, host: str, store: str, user: Optional[str], deletes: _Deletes, rows: list[tuple[Any, ...]]
+    ) -> Callable[[], None]:
         """One entry's write on its own: its deletes and rows in one step (pipelined when it is small)."""
         pipelined = len(rows) <= PIPELINE_ROWS
         insert = self.dialect.insert_values if pipelined else self.dialect.insert_many
         columns = KEYVAL_COLUMNS if table == "prosody" else ARCHIVE_COLUMNS
 
         def write() -> None:
+            now = self._again(table, host, store, user, deletes) if self._replaying else deletes.first
             with self._tx(pipelined) as cur:
-                for query, params in deletes.again if self._replaying else deletes.first:
+                for query, params in now:
                     cur.execute(query, params)
                 if rows:
                     insert(cur, table, columns, rows)
@@ -663,7 +673,7 @@ class SqlBackend(Backend):
         if not rows:
             return
         if absent:
-            deletes = _Deletes([], [self._entry_delete("prosodyarchive", host, store, user)])
+            deletes = _Deletes([], None)
         else:
             # The items replaced: deleted by key, without reading first which of the keys are there.
             base, params = self._where(host=host, user=user or "", store=store)
@@ -674,7 +684,7 @@ class SqlBackend(Backend):
                 query = self.dialect.sql(f'DELETE FROM "prosodyarchive" WHERE {base} AND {condition}')
                 replaced.append((query, [*params, *bound]))
             deletes = _Deletes(replaced, replaced)
-        write = self._writer("prosodyarchive", deletes, rows)
+        write = self._writer("prosodyarchive", host, store, user, deletes, rows)
         self._apply(_Held("prosodyarchive", host, store, user, write, deletes, rows))
         self._note_written((host, store, "archive", user), rows)
 
