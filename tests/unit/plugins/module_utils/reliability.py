@@ -28,17 +28,25 @@ CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "corpus", "ma
 HOST, MUC = "example.org", "conference.example.org"
 
 # The child: runs one migration, prints a line per finished entry (so the parent can kill it at a
-# known point) and the report as JSON at the end.
+# known point) and the report as JSON at the end. It runs at most WINDOW entries ahead of what the
+# parent has read (the parent answers each line on stdin): a kill after entry k then lands while
+# the child is anywhere up to entry k + WINDOW + 1, mid-write included, and never past it.
+WINDOW = 8
 CHILD = r"""
 import json, sys
 from ansible_collections.xmpp.prosody.plugins.module_utils.engine import Options, run_migration
 
 args = json.loads(sys.argv[1])
+window, done = int(sys.argv[2]), 0
 
 def progress(event):
+    global done
     if event.kind == "user":
         sys.stdout.write("user %s %s\n" % (event.store, json.dumps(event.user)))
         sys.stdout.flush()
+        done += 1
+        if done > window:
+            sys.stdin.readline()
 
 report = run_migration(args["source"], args["destination"], Options(progress=progress, **args["options"]))
 sys.stdout.write("REPORT " + json.dumps(report.to_dict()) + "\n")
@@ -63,7 +71,8 @@ class ChildRun:
     def __init__(self, source: dict[str, Any], destination: dict[str, Any], **options: Any) -> None:
         args = json.dumps({"source": source, "destination": destination, "options": options})
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, args],
+            [sys.executable, "-c", CHILD, args, str(WINDOW)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=child_env(),
@@ -96,11 +105,21 @@ class ChildRun:
                 if kill_after is not None and self.events >= kill_after:
                     self._kill()
                     break
+                self._answer()
         _out, err = self.proc.communicate(timeout=120)
         self.stderr = err
         if not self.killed:
             assert self.proc.returncode == 0, err
         return self
+
+    def _answer(self) -> None:
+        """Let the child go one entry further; it may have ended already."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write("\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
 
     def _kill(self) -> None:
         if self.proc.poll() is None:
