@@ -12,7 +12,9 @@ these differences:
   one ``archive_write``. As an append goes to the end, the source items after the first one that
   differs (or is out of place) are written again behind it, so the source's order is kept. A
   store the destination holds nothing of when the run comes to it (``Backend.store_empty``, the
-  usual first run) is not read entry by entry: every entry is missing there;
+  usual first run) is not read entry by entry: every entry is missing there. On a destination
+  that held nothing of a kind at all as the run began (``Backend.kinds_empty``, asked once,
+  before any worker writes), no store of that kind is asked;
 * host-level data (user None) is migrated once, never again as a user called "";
 * for a pubsub service (``pubsub_nodes-pubsub``) the items of each node, archive ``pubsub_<node>``
   held at host level, come along (Prosody's migrator looks for them under the wrong names);
@@ -61,7 +63,7 @@ import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, NamedTuple, Optional
 
 from . import parallel
@@ -114,6 +116,9 @@ class Options:
     partition: Optional[tuple[int, int]] = None
     stop: Optional[Any] = None
     state: Optional[str] = None
+    # Set in a worker by the parent: the kinds of store the destination held nothing of at all
+    # as the run began (Backend.kinds_empty), taken before any worker wrote.
+    empty_kinds: Optional[frozenset[str]] = None
 
 
 class _Stop(Exception):
@@ -169,6 +174,7 @@ class _Run:
         # began (Backend.store_empty), and the last entry taken as absent there since: see _absent_in_dst.
         self._empty: Optional[tuple[str, str, str]] = None
         self._empty_last: Optional[str] = None
+        self._node_prefixes: tuple[str, ...] = ()  # of the stores the host's pubsub stores put node items in
         # The entries written since the last flush.
         self._pending: list[_Written] = []
         self._pending_rows = 0
@@ -193,6 +199,7 @@ class _Run:
         try:
             for host_plan in self.plan.hosts:
                 self._emit("host", host_plan.host)
+                self._node_prefixes = tuple(_node_prefix(s.name) for s in host_plan.stores if s.type == "pubsub")
                 for spec in host_plan.stores:
                     self._store(host_plan.host, spec)
                 self.counts["hosts_done"] += 1
@@ -334,7 +341,7 @@ class _Run:
             self._result(host, spec.name, kind)
         self._empty, self._empty_last = None, None
         try:
-            if self.dst.store_empty(host, spec.name, kind):
+            if self._empty_at_start(spec.name, kind) or self.dst.store_empty(host, spec.name, kind):
                 self._empty = (host, spec.name, kind)
         except ProsodyMigrateError:
             pass  # unknown: each entry is read, and a failure to read it is reported there
@@ -387,6 +394,16 @@ class _Run:
         if failed is not None:
             self._guard(host, store, None, "store", type_, lambda: _raise(failed))
 
+    def _empty_at_start(self, store: str, kind: str) -> bool:
+        """Whether the destination held nothing of this kind as the run began, and nothing this
+        run wrote since can be in this store: other workers write other users (worker 0 alone the
+        host-level data), this process each store once, in its turn, but for a pubsub store's node
+        items, which go to stores of their own. Spares a query that reads every row of the host
+        on MySQL (no index leads with the store), with other stores' rows there by now."""
+        if self.phase != "copy" or kind not in (self.options.empty_kinds or ()):
+            return False
+        return not store.startswith(self._node_prefixes)
+
     def _planning(self) -> bool:
         return self.tracker is not None and self.tracker.active and self.phase == "copy"
 
@@ -423,21 +440,22 @@ class _Run:
     def _keyval_store(self, host: str, store: str, pubsub: bool) -> None:
         # A pubsub node list is never skipped: its value names the nodes whose items come along.
         service = pubsub and store == PUBSUB_SERVICE_STORE
+        prefix = _node_prefix(store)
         if self._host_level():
             if not pubsub:
                 self._plan_entries(host, store, "keyval", [None])
             value = self._guard(host, store, None, "host", "keyval", lambda: self._keyval(host, store, None))
             if pubsub and not service:
-                self._node_items(host, store + "_", _node_names(value), None)
+                self._node_items(host, prefix, _node_names(value), None)
         listed = self._users(host, store, "keyval", lambda: self.src.keyval_users(host, store), not pubsub)
         for user in listed:
             value = self._guard(host, store, user, "user", "keyval", lambda u=user: self._keyval(host, store, u))
             if service:
                 # mod_pubsub: the node list's "user" is the node, its items are host-level data.
-                self._node_items(host, "pubsub_", [user], None)
+                self._node_items(host, prefix, [user], None)
             elif pubsub:
                 # mod_pep: the account's node list; each node's items are in that account's archive.
-                self._node_items(host, store + "_", _node_names(value), user)
+                self._node_items(host, prefix, _node_names(value), user)
 
     def _node_items(self, host: str, prefix: str, nodes: list[str], user: Optional[str]) -> None:
         for node in nodes:
@@ -701,6 +719,11 @@ class _Run:
             )
 
 
+def _node_prefix(store: str) -> str:
+    """What a pubsub store's node names follow in the names of their item archives."""
+    return "pubsub_" if store == PUBSUB_SERVICE_STORE else store + "_"
+
+
 def _raise(exc: BaseException) -> Any:
     raise exc
 
@@ -759,15 +782,27 @@ def _opened(
                     report.warn(scrub(str(exc)))
 
 
-def _planned(source: Mapping[str, Any], destination: Mapping[str, Any], options: Options) -> Report:
-    """The report a parallel run starts from: both stores opened (a bad one raises) and planned."""
+def _planned(
+    source: Mapping[str, Any], destination: Mapping[str, Any], options: Options
+) -> tuple[Report, dict[str, Any]]:
+    """The report a parallel run starts from, both stores opened (a bad one raises) and planned,
+    and the options its workers share (what the destination held as the run began)."""
     report, scrub = _new_report(source, destination, options)
     with _opened(source, destination, options, report, scrub) as (_src, dst, _plan):
         if not options.check:
             # On failure, each worker's writes meet the same error and report it per entry, as one process does.
             with suppress(ProsodyMigrateError):
                 dst.prepare_writes()
-    return report
+        empty_kinds = _kinds_empty(dst)
+    return report, {"empty_kinds": empty_kinds}
+
+
+def _kinds_empty(dst: Backend) -> frozenset[str]:
+    """Backend.kinds_empty, or none when the destination cannot say (each store is asked then)."""
+    try:
+        return dst.kinds_empty()
+    except ProsodyMigrateError:
+        return frozenset()
 
 
 def _tracker(
@@ -803,6 +838,8 @@ def run_migration(
     report, scrub = _new_report(source, destination, options)
     with _opened(source, destination, options, report, scrub) as (src, dst, plan):
         tracker = _tracker(source, destination, options, src, dst, report, scrub)
+        if options.empty_kinds is None:
+            options = replace(options, empty_kinds=_kinds_empty(dst))
         run = _Run(src, dst, plan, options, report, scrub, tracker)
         try:
             run.run("copy")

@@ -60,14 +60,15 @@ def run(
     options: Any,
     jobs: int,
     single: Callable[[Any, Any, Any], Report],
-    prepare: Callable[[Any, Any, Any], Report],
+    prepare: Callable[[Any, Any, Any], tuple[Report, dict[str, Any]]],
 ) -> Report:
     """Run ``single`` (engine.run_migration) in ``jobs`` workers and return the reports added up.
 
     ``prepare`` opens both stores and builds the plan in the parent (raising what a bad
-    definition raises), and returns the report skeleton (discovered stores) the merge starts from.
+    definition raises), and returns the report skeleton (discovered stores) the merge starts
+    from and the options every worker takes from the parent besides its share.
     """
-    merged = prepare(source, destination, options)
+    merged, shared = prepare(source, destination, options)
     ctx = multiprocessing.get_context("fork")
     stop = ctx.Event()
     channel = ctx.Queue()
@@ -75,6 +76,7 @@ def run(
     for index in range(jobs):
         worker_options = replace(
             options,
+            **shared,
             jobs=1,
             partition=(index, jobs),
             stop=stop,

@@ -117,6 +117,11 @@ class Backend(abc.ABC):
         for a backend that cannot tell cheaply; the engine then reads each entry."""
         return False
 
+    def kinds_empty(self) -> frozenset[str]:
+        """The kinds of store ("keyval", "archive") this backend surely holds nothing of, for any
+        host; none for a backend that cannot tell cheaply."""
+        return frozenset()
+
     def fingerprints(self, entries: Sequence[Entry]) -> dict[Entry, str | None]:
         """A token per entry that changes whenever the entry's content changes: ABSENT when the
         entry is not there, None when this backend cannot tell (the entry is then always compared).

@@ -736,6 +736,14 @@ class SqlBackend(Backend):
         where, params = self._where(host=host, store=store)
         return not self._select(f'SELECT 1 FROM "{table}" WHERE {where} LIMIT 1', params)
 
+    def kinds_empty(self) -> frozenset[str]:
+        self._settle()
+        kinds = set()
+        for table, kind in (("prosody", "keyval"), ("prosodyarchive", "archive")):
+            if not self._has(table) or not self._select(f'SELECT 1 FROM "{table}" LIMIT 1', []):
+                kinds.add(kind)
+        return frozenset(kinds)
+
     # fingerprints ----------------------------------------------------------------------------
     def fingerprints(self, entries: Sequence[Entry]) -> dict[Entry, Optional[str]]:
         """A digest of the entry's rows (DIGEST_COLUMNS; an archive's in order), one query per

@@ -161,3 +161,23 @@ def test_a_user_listed_twice_is_compared_the_second_time(
     items = report.store_result(HOST, "archive", "archive").items_created
     assert store_counts(report, HOST, "archive", "archive") == (len(archive), 0, 1, 0, items, repeated_items)
     assert_same_data(source, sql_dest)
+
+
+@pytest.mark.parametrize("jobs", [1])
+def test_node_item_stores_named_in_the_plan_too_are_not_doubled(
+    source: dict[str, Any], sql_dest: dict[str, Any], jobs: int
+):
+    # The destination's tables were empty as the run began, but the node lists' items reach their
+    # own stores before those stores' turn: named in the plan as well, they are compared, not
+    # appended a second time.
+    hosts = {HOST: ["pubsub_nodes-pubsub", "pep-pubsub", f"pubsub_{NODE}-archive", f"pep_{PEP_NODE}-archive"]}
+    report = migrate(dict(source, hosts=hosts), sql_dest, jobs=jobs)
+    assert (report.failed, report.failures) == (False, [])
+    with open_backend(source) as src, open_backend(sql_dest) as dst:
+        for store, user in NODE_READS:
+            assert [i.key for i in dst.archive_items(HOST, store, user)] == [
+                i.key for i in src.archive_items(HOST, store, user)
+            ]
+    assert store_counts(report, HOST, "pubsub_" + NODE, "archive")[2] == 1  # the node list wrote it; unchanged here
+    again = migrate(dict(source, hosts=hosts), sql_dest)
+    assert (again.changed, again.failed) == (False, False)

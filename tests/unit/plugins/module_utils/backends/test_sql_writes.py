@@ -62,6 +62,22 @@ def test_store_empty_is_per_host_store_and_kind(sql_params: dict[str, Any]) -> N
         assert backend.keyval_get(HOST, "new", "u") == {"a": 1}
 
 
+def test_kinds_empty_is_per_table(sql_params: dict[str, Any]) -> None:
+    with SqlBackend(sql_params) as backend:
+        assert backend.kinds_empty() == {"keyval", "archive"}  # no tables yet
+        backend.prepare_writes()
+        assert backend.kinds_empty() == {"keyval", "archive"}  # tables, no rows
+        backend.start_batch()
+        backend.keyval_set(OTHER, "s", None, {"host": "level"})
+        assert backend.kinds_empty() == {"archive"}  # the batch's own writes count
+        backend.archive_write(HOST, "a", "u", [message("k", "hi")])
+        backend.flush()
+    with SqlBackend(sql_params) as backend:
+        assert backend.kinds_empty() == set()
+        backend.keyval_set(OTHER, "s", None, None)
+        assert backend.kinds_empty() == {"keyval"}
+
+
 # entries in a batch ------------------------------------------------------------------------------
 TRIGGERS = {
     "SQLite3": [
