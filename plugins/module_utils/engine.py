@@ -437,6 +437,15 @@ class _Run:
         """Whether this run takes the host-level data (one worker of several: the first)."""
         return self.options.partition is None or self.options.partition[0] == 0
 
+    def _takes_host_entry(self, archive: str) -> bool:
+        """Whether this run takes the archive's host-level entry: the first worker, but for a
+        pubsub service's node items in the plan, the worker of the node, which writes them with
+        the node list (two workers writing the one entry would double its items)."""
+        prefix = _node_prefix(PUBSUB_SERVICE_STORE)
+        if archive.startswith(prefix) and prefix in self._node_prefixes:
+            return self._mine(archive[len(prefix) :])
+        return self._host_level()
+
     def _keyval_store(self, host: str, store: str, pubsub: bool) -> None:
         # A pubsub node list is never skipped: its value names the nodes whose items come along.
         service = pubsub and store == PUBSUB_SERVICE_STORE
@@ -471,7 +480,7 @@ class _Run:
             )
 
     def _archive_store(self, host: str, store: str) -> None:
-        if self._host_level():
+        if self._takes_host_entry(store):
             self._plan_entries(host, store, "archive", [None])
             self._guard(host, store, None, "host", "archive", lambda: self._archive(host, store, None))
         for user in self._users(host, store, "archive", lambda: self.src.archive_users(host, store), True):

@@ -163,13 +163,15 @@ def test_a_user_listed_twice_is_compared_the_second_time(
     assert_same_data(source, sql_dest)
 
 
-@pytest.mark.parametrize("jobs", [1])
+@pytest.mark.parametrize("jobs", [1, 2])
 def test_node_item_stores_named_in_the_plan_too_are_not_doubled(
     source: dict[str, Any], sql_dest: dict[str, Any], jobs: int
 ):
     # The destination's tables were empty as the run began, but the node lists' items reach their
     # own stores before those stores' turn: named in the plan as well, they are compared, not
-    # appended a second time.
+    # appended a second time. With two workers, a service node's items (host-level data) are the
+    # node's worker's in both stores (the first worker took them too: a unique index refused
+    # them, MySQL's, not unique, would have held them twice).
     hosts = {HOST: ["pubsub_nodes-pubsub", "pep-pubsub", f"pubsub_{NODE}-archive", f"pep_{PEP_NODE}-archive"]}
     report = migrate(dict(source, hosts=hosts), sql_dest, jobs=jobs)
     assert (report.failed, report.failures) == (False, [])
