@@ -889,6 +889,88 @@ def dumps_dat(value: Any) -> bytes:
     return b"".join(out)
 
 
+class _Unusual(Exception):
+    """Internal: a stanza that dumps_stanza_item leaves to the general writer."""
+
+
+def dumps_stanza_item(element: Any, attr: dict[str, str], fields: dict[str, Any], strings: dict[str, bytes]) -> bytes:
+    """``dumps_list``'s text for one item: the table ``element.preserialize()`` makes (a
+    stanza.Element: ``name``, ``attr``, ``children``), with ``attr`` for its attributes and the
+    string keys of ``fields`` (``key``, ``when``, ``with``) added, written from the element
+    without building that table, in a third of the time. ``strings`` as ``dumps_list`` keeps
+    them. An element of another shape, or too deep, goes the general way."""
+    if "attr" in fields or "name" in fields:
+        raise EncodeError("an item's fields cannot replace its attr or name")
+    out = [b"item("]
+    try:
+        _write_element(element, attr, sorted(["attr", "name", *fields]), fields, 1, out, strings)
+    except _Unusual:
+        table = element.preserialize()
+        table["attr"] = attr
+        table.update(fields)
+        return dumps_list([table])
+    _strip_field(out)
+    out.append(b");\n")
+    return b"".join(out)
+
+
+_ELEMENT_KEYS = ["attr", "name"]  # an element's string keys, by their bytes (its children come first)
+
+
+def _write_element(
+    element: Any, attr: dict, keys: list[str], fields: dict, depth: int, out: list[bytes], strings: dict[str, bytes]
+) -> None:
+    """``_write_table`` of the element's preserialized table, ``attr`` and ``fields`` in it; ``keys``
+    its string keys in order."""
+    if depth >= MAX_DEPTH:  # its attr table would be too deep: the general way raises
+        raise _Unusual
+    indent = _INDENTS[depth]
+    out.append(b"{")
+    for child in element.children:
+        out.append(indent)
+        if type(child) is str:  # pylint: disable=unidiomatic-typecheck  # subclasses: the general way
+            out.append(strings.get(child) or _string_field(child, strings))
+        elif type(child) is type(element):  # pylint: disable=unidiomatic-typecheck
+            _write_element(child, child.attr, _ELEMENT_KEYS, {}, depth + 1, out, strings)
+        else:
+            raise _Unusual
+    texts = _KEY_TEXTS[depth] if depth <= _CACHED_DEPTH else {}
+    for k in keys:
+        if k == "attr":
+            out.append(texts.get(k) or _key_text(k, depth))
+            _write_attr(attr, depth + 1, out, strings)
+            continue
+        v = element.name if k == "name" else fields[k]
+        if type(v) is str:  # pylint: disable=unidiomatic-typecheck
+            out.append(texts.get(k) or _key_text(k, depth))
+            out.append(strings.get(v) or _string_field(v, strings))
+        elif v is not None:
+            out.append(texts.get(k) or _key_text(k, depth))
+            _write_field(v, depth, out, strings)
+    out.append(_CLOSERS[depth])
+
+
+def _write_attr(attr: dict, depth: int, out: list[bytes], strings: dict[str, bytes]) -> None:
+    """``_write_table`` of an attribute table: text keys and values only."""
+    if not attr:
+        out.append(b"{};")
+        return
+    names = list(attr)
+    for k in names:
+        if type(k) is not str or type(attr[k]) is not str:  # pylint: disable=unidiomatic-typecheck
+            raise _Unusual
+    if not _in_byte_order("".join(names)):
+        raise _Unusual
+    names.sort()
+    out.append(b"{")
+    texts = _KEY_TEXTS[depth] if depth <= _CACHED_DEPTH else {}
+    for k in names:
+        v = attr[k]
+        out.append(texts.get(k) or _key_text(k, depth))
+        out.append(strings.get(v) or _string_field(v, strings))
+    out.append(_CLOSERS[depth])
+
+
 def dumps_list(items: Iterable[Any]) -> bytes:
     """An archive (``.list``) file holding ``items`` (None is refused: Prosody's loader drops it)."""
     strings: dict[str, bytes] = {}  # an archive's items share most strings (JIDs, names, types)

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from .. import fsutil
 from ..errors import DecodeError, EncodeError, ProsodyMigrateError
-from ..luadata import dumps_dat, dumps_list, loads_dat, loads_list
+from ..luadata import dumps_dat, dumps_list, dumps_stanza_item, loads_dat, loads_list
 from ..stanza import Element
 from .base import ABSENT, ArchiveItem, Backend, Entry
 
@@ -434,8 +434,8 @@ class InternalBackend(Backend):
         else:
             self._write(path, dumps_dat(value))
 
-    def _encode_item(self, item: ArchiveItem, where: str) -> dict[Any, Any]:
-        """The table mod_storage_internal's archive:append stores for an item."""
+    def _encode_item(self, item: ArchiveItem, where: str, strings: dict[str, bytes]) -> bytes:
+        """The text of the table mod_storage_internal's archive:append stores for an item."""
         if not isinstance(item.key, str):
             raise EncodeError(f"{where}: archive key {item.key!r} is not a string")
         if not isinstance(item.value, Element):
@@ -444,29 +444,29 @@ class InternalBackend(Backend):
             raise EncodeError(f"{where}: item {item.key!r} has a time {item.when!r} that is not a number")
         if item.with_ is not None and not isinstance(item.with_, str):
             raise EncodeError(f"{where}: item {item.key!r} has a peer {item.with_!r} that is not a string")
-        table = item.value.preserialize()
-        table["attr"]["stamp"] = format_stamp(item.when)  # preserialize's attr is a copy: ours to change
-        table["key"] = item.key
-        table["when"] = item.when
+        attr = dict(item.value.attr)
+        attr["stamp"] = format_stamp(item.when)
+        fields = {"key": item.key, "when": item.when}
         if item.with_ is not None:
-            table["with"] = item.with_
-        return table
+            fields["with"] = item.with_
+        return dumps_stanza_item(item.value, attr, fields, strings)
 
     def archive_write(
         self, host: str, store: str, user: str | None, items: Iterable[ArchiveItem], absent: bool = False
     ) -> None:
         path = self._file(host, store, user, LIST)
         source = self._source(path, host, store, user)
-        new = [self._encode_item(item, source) for item in items]
+        strings: dict[str, bytes] = {}  # dumps_list's, shared by the items (most of their strings recur)
+        new = [(item.key, self._encode_item(item, source, strings)) for item in items]
         if not new:
             return
         # archive:append with a key drops the old item of that key and puts the new one last; doing
         # every append of this call at once keeps, for a key given twice, the last one in its place.
-        last = {table["key"]: i for i, table in enumerate(new)}
-        new = [table for i, table in enumerate(new) if last[table["key"]] == i]
+        last = {key: i for i, (key, _text) in enumerate(new)}
         old = self._load_list(path, source) if os.path.isdir(self.root) else None
         kept = [raw for raw in old or () if not (isinstance(raw, dict) and _str_in(raw.get("key"), last))]
-        self._write(path, dumps_list(kept + new))
+        texts = [text for i, (key, text) in enumerate(new) if last[key] == i]
+        self._write(path, b"".join([dumps_list(kept), *texts]))  # a list file is its items' texts in a row
 
     # discovery -----------------------------------------------------------------------------
     def hosts(self) -> Iterator[str]:

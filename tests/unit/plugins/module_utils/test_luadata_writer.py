@@ -33,7 +33,10 @@ from ansible_collections.xmpp.prosody.plugins.module_utils.luadata import (
     dumps,
     dumps_dat,
     dumps_list,
+    dumps_stanza_item,
 )
+from ansible_collections.xmpp.prosody.plugins.module_utils.stanza import Element
+from ansible_collections.xmpp.prosody.tests.unit.plugins.module_utils.test_stanza import RAW_ONE_ATTR, XML_STANZAS
 
 from lua_strategies import encodable_values, finite_values, nonfinite_values, strings
 
@@ -311,3 +314,49 @@ def test_module_caches_stay_bounded() -> None:
     runs = "".join(chr(0x400 + i) + " " for i in range(luadata._CACHE_MAX + 100))  # > 128 bytes: by runs
     assert dumps(runs) == reference_dumps(runs)
     assert len(luadata._RUN_ESCAPES) <= luadata._CACHE_MAX
+
+
+# -- archive items straight from a stanza ----------------------------------------------------------
+def stanza_item_outcome(element: Element, stamp: str, fields: dict[str, Any], strings: dict[str, bytes]) -> Any:
+    """What dumps_stanza_item writes for an item, and what the reference writer writes for its table."""
+    attr = {**element.attr, "stamp": stamp}
+    table = {**element.preserialize(), "attr": attr, **fields}
+    return outcome(lambda _: dumps_stanza_item(element, attr, fields, strings), None), outcome(
+        reference_dumps_list, [table]
+    )
+
+
+item_fields = st.fixed_dictionaries(
+    {"key": stanza_texts, "when": st.one_of(st.integers(0, 2**40), st.floats(0, 2e9))},
+    optional={"with": stanza_texts},
+)
+
+
+@given(
+    items=st.lists(st.tuples(st.one_of(RAW_ONE_ATTR, XML_STANZAS), stanza_texts, item_fields), min_size=1, max_size=4)
+)
+def test_stanza_items_as_before(items: list[tuple[Element, str, dict[str, Any]]]) -> None:
+    """Straight from the element, as the reference writes the table it preserializes to; the
+    items of one file share a string cache."""
+    strings: dict[str, bytes] = {}
+    for element, stamp, fields in items * 2:
+        mine, reference = stanza_item_outcome(element, stamp, fields, strings)
+        assert mine == reference
+
+
+def test_stanza_items_of_other_shapes_as_before() -> None:
+    """Elements the direct way leaves to the general one are written the same, errors included."""
+    deep = [Element("m")]
+    for _level in range(MAX_DEPTH + 1):
+        deep.append(Element("e", {}, [deep[-1]]))
+    odd = [
+        Element("m", {"a": 1}),  # type: ignore[dict-item]  # a value that is no text
+        Element("m", {}, [Text("child text")]),
+        Element("m", {"\udcc3": "x", "é": "y"}),  # names not in byte order as str
+        Element("m", {}, [5]),  # type: ignore[list-item]
+        *deep[MAX_DEPTH - 3 :],
+    ]
+    for element in odd:
+        mine, reference = stanza_item_outcome(element, "2023-11-19T14:26:41Z", {"key": "k", "when": 1}, {})
+        assert mine == reference
+    assert mine[0] == "EncodeError"  # the deepest
