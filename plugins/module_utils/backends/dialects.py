@@ -223,11 +223,12 @@ class Dialect:
     def digest_query(
         self, table: str, columns: Sequence[str], ordered: bool, host: str, store: str, users: Sequence[str]
     ) -> tuple[str, list[Any]]:
-        """A query, and its values, giving (user, digest, complete) for each of the users with rows
-        of this host and store: a digest of the columns of the user's rows (in ``sort_id`` order
-        when ``ordered``, else in an order of their own), ``complete`` false when it could not take
-        in every row. Without ``server_digest``, the query gives (user, *columns) for the backend to
-        hash, ordered by user and then as the digest wants."""
+        """A query, and its values, giving (index, digest, complete) for each of the users with rows
+        of this host and store, ``index`` the user's place in ``users``: a digest of the columns of
+        the user's rows (in ``sort_id`` order when ``ordered``, else in an order of their own),
+        ``complete`` false when it could not take in every row. Without ``server_digest``, the
+        query gives (user, *columns) for the backend to hash, ordered by user and then as the
+        digest wants."""
         parts, params = [], []
         for column, value in (("host", host), ("store", store)):
             fragment, times = self.eq(column)
@@ -549,7 +550,9 @@ class PostgreSQL(Dialect):
             f"SELECT md5(string_agg(h, '' ORDER BY {order})) AS d FROM (SELECT md5({row}) AS h{position} "
             f'FROM "{table}" WHERE "host" = %s AND "user" = u.name AND "store" = %s) AS r'
         )
-        query = f"SELECT u.name, t.d, true FROM unnest(%s::text[]) AS u(name), LATERAL ({digest}) AS t"
+        query = (
+            f"SELECT u.i - 1, t.d, true FROM unnest(%s::text[]) WITH ORDINALITY AS u(name, i), LATERAL ({digest}) AS t"
+        )
         query += " WHERE t.d IS NOT NULL"
         return query, [list(users), host, store]
 
@@ -702,8 +705,11 @@ class MySQL(Dialect):
         # the first). SELECT STRAIGHT_JOIN did not hold either: with statistics taken while one
         # user's rows were most of the table, MariaDB read the table first and looked each row up
         # in the names (a second run took 0.96x of the first).
-        # Grouped by the user's bytes (utf8mb4_bin would put 'a' and 'a ' together), incomplete when
-        # GROUP_CONCAT was cut (or NULL, past max_allowed_packet).
+        # Grouped by the user's place in the list, an integer: grouped by the name (TEXT, and by its
+        # bytes: utf8mb4_bin would put 'a' and 'a ' together) or with GROUP_CONCAT's text in a
+        # derived table, each query made an on-disk temporary table. Each row's digest is 32
+        # characters, so GROUP_CONCAT was cut when 32 per row pass its limit; past
+        # max_allowed_packet it gives NULL, and so does the digest.
         row = (
             "CONCAT("
             + ", ".join(f"""COALESCE(CONCAT(CHAR_LENGTH(t."{c}"), ':', t."{c}"), '-')""" for c in columns)
@@ -711,7 +717,7 @@ class MySQL(Dialect):
         )
         order, position = ("o", ', t."sort_id" AS o') if ordered else ("h", "")
         name = f"CAST(%s AS CHAR CHARACTER SET {self.charset}) COLLATE {self.charset}_bin"
-        names = " UNION ALL ".join([f"SELECT {name} AS n"] * len(users))
+        names = " UNION ALL ".join([f"SELECT {i} AS i, {name} AS n" for i in range(len(users))])
         match = " AND ".join(
             [
                 't."host" = %s AND t."host" = BINARY %s',
@@ -720,10 +726,10 @@ class MySQL(Dialect):
             ]
         )
         query = (
-            'SELECT u, MD5(g), COALESCE(LENGTH(g) = 32 * n, 0) FROM (SELECT CAST("user" AS BINARY) AS u, '
-            f"COUNT(*) AS n, GROUP_CONCAT(h ORDER BY {order} SEPARATOR '') AS g FROM (SELECT "
-            f't."user" AS "user", MD5({row}) AS h{position} FROM ({names}) AS k STRAIGHT_JOIN "{table}" AS t '
-            f'ON {match}) AS r GROUP BY CAST("user" AS BINARY)) AS d'
+            f"SELECT i, MD5(GROUP_CONCAT(h ORDER BY {order} SEPARATOR '')), "
+            "32 * COUNT(*) <= @@SESSION.group_concat_max_len "
+            f"FROM (SELECT k.i AS i, MD5({row}) AS h{position} "
+            f'FROM ({names}) AS k STRAIGHT_JOIN "{table}" AS t ON {match}) AS r GROUP BY i'
         )
         return query, [*users, host, host, store, store]
 

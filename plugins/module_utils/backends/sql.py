@@ -772,7 +772,7 @@ class SqlBackend(Backend):
         if self.dialect.digest_setup:
             self._select(self.dialect.digest_setup, [])
         rows = self._select(query, params, once=True)
-        return {user: f"sql {digest}" if complete and digest else None for user, digest, complete in rows}
+        return {users[index]: f"sql {digest}" if complete and digest else None for index, digest, complete in rows}
 
     def _hash_rows(self, query: str, params: Sequence[Any]) -> dict[str, Optional[str]]:
         """Digests of the rows a query gives as (user, *columns), ordered by user: streamed, not kept."""

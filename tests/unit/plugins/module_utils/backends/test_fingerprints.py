@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ansible_collections.xmpp.prosody.plugins.module_utils.backends import open_backend
+from ansible_collections.xmpp.prosody.plugins.module_utils.backends import dialects, open_backend
 from ansible_collections.xmpp.prosody.plugins.module_utils.backends.base import ABSENT, ArchiveItem, Entry
 from ansible_collections.xmpp.prosody.plugins.module_utils.backends.internal import InternalBackend
 from ansible_collections.xmpp.prosody.plugins.module_utils.backends.sql import KEYS_CHUNK, SqlBackend
@@ -330,3 +330,19 @@ def test_mysql_digests_read_only_the_users_asked_for(mysql_params: dict[str, Any
     assert all(found[entry] not in (None, ABSENT) for entry in entries)
     # The users' 600 rows and the query's own temporary tables, not the host's 6,600.
     assert read < 3000, f"{read} rows read for the {len(users) * len(ROSTER)} rows of {len(users)} users"
+
+
+def test_mysql_digest_cut_short_is_no_token(mysql_params: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user whose rows' digests do not all fit in GROUP_CONCAT (32 characters a row) gets no
+    token, so the entry is compared; the others keep theirs."""
+    with SqlBackend(mysql_params) as backend:
+        backend.archive_write(HOST, "archive", "long", items(*(f"k{i:03d}" for i in range(40))))
+        backend.archive_write(HOST, "archive", "short", items("a", "b"))
+        whole = backend.fingerprints([(HOST, "archive", "archive", u) for u in ("long", "short")])
+        monkeypatch.setattr(dialects.MySQL, "digest_setup", "SET SESSION group_concat_max_len = 1024")
+        cut = backend.fingerprints([(HOST, "archive", "archive", u) for u in ("long", "short")])
+    assert None not in whole.values() and ABSENT not in whole.values()
+    assert cut == {
+        (HOST, "archive", "archive", "long"): None,
+        (HOST, "archive", "archive", "short"): whole[(HOST, "archive", "archive", "short")],
+    }
