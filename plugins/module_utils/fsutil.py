@@ -127,14 +127,25 @@ def _each(pending: set[Path], sync: Callable[[Path], None]) -> None:
     if len(paths) < 2:
         outcomes = [_attempt(sync, path) for path in paths]
     else:
-        with ThreadPoolExecutor(min(FSYNC_THREADS, len(paths))) as pool:
-            outcomes = list(pool.map(lambda path: _attempt(sync, path), paths))
+        outcomes = list(_pool().map(lambda path: _attempt(sync, path), paths))
     for path, error in zip(paths, outcomes):
         if error is None:
             pending.discard(path)
     errors = [error for error in outcomes if error is not None]
     if errors:
         raise errors[0]
+
+
+_POOL: Optional[tuple[int, ThreadPoolExecutor]] = None  # (pid, threads) for Deferred.flush
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The process's fsync threads, started once: a pool per flush spent about 5% of a run into
+    the file store starting threads. A forked child gets a pool of its own (threads do not fork)."""
+    global _POOL  # pylint: disable=global-statement
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="fsync"))
+    return _POOL[1]
 
 
 def _attempt(sync: Callable[[Path], None], path: Path) -> Optional[OSError]:
