@@ -146,6 +146,7 @@ class SqlBackend(Backend):
             self._schema = {table: self.dialect.columns(cur, table) for table in sorted(present)}
             self._problems = self.dialect.upgrade_problems(cur) if len(present) == len(REQUIRED) else []
             self._row_limit = self.dialect.row_limit(cur)
+            self.dialect.note_indexes(cur, present)
         self._fits = {}
         for table, columns in self._schema.items():
             missing = [c for c in REQUIRED[table] if c not in columns]

@@ -346,3 +346,21 @@ def test_mysql_digest_cut_short_is_no_token(mysql_params: dict[str, Any], monkey
         (HOST, "archive", "archive", "long"): None,
         (HOST, "archive", "archive", "short"): whole[(HOST, "archive", "archive", "short")],
     }
+
+
+def test_mysql_digests_without_prosodys_indexes(mysql_params: dict[str, Any]) -> None:
+    """The digest query names Prosody's index only where the table has it: without (a DBA dropped
+    it), the same tokens, read the slow way."""
+    entries: list[Entry] = [(HOST, "archive", "archive", "alice"), (HOST, "roster", "keyval", "alice")]
+    with SqlBackend(mysql_params) as backend:
+        backend.archive_write(HOST, "archive", "alice", items("a1", "a2"))
+        backend.keyval_set(HOST, "roster", "alice", ROSTER)
+        assert backend.dialect.indexed == {"prosody", "prosodyarchive"}
+        with_indexes = backend.fingerprints(entries)
+        cur = backend._connection().cursor()
+        for table in ("prosody", "prosodyarchive"):
+            cur.execute(f'DROP INDEX "{table}_index" ON "{table}"')
+    with SqlBackend(mysql_params) as backend:
+        assert backend.dialect.indexed == set()
+        assert backend.fingerprints(entries) == with_indexes
+    assert None not in with_indexes.values() and ABSENT not in with_indexes.values()
