@@ -938,7 +938,7 @@ def _write_element(
     for k in keys:
         if k == "attr":
             out.append(texts.get(k) or _key_text(k, depth))
-            _write_attr(attr, depth + 1, out, strings)
+            _write_table(attr, depth, out, strings)  # below MAX_DEPTH: checked above
             continue
         v = element.name if k == "name" else fields[k]
         if type(v) is str:  # pylint: disable=unidiomatic-typecheck
@@ -947,27 +947,6 @@ def _write_element(
         elif v is not None:
             out.append(texts.get(k) or _key_text(k, depth))
             _write_field(v, depth, out, strings)
-    out.append(_CLOSERS[depth])
-
-
-def _write_attr(attr: dict, depth: int, out: list[bytes], strings: dict[str, bytes]) -> None:
-    """``_write_table`` of an attribute table: text keys and values only."""
-    if not attr:
-        out.append(b"{};")
-        return
-    names = list(attr)
-    for k in names:
-        if type(k) is not str or type(attr[k]) is not str:  # pylint: disable=unidiomatic-typecheck
-            raise _Unusual
-    if not _in_byte_order("".join(names)):
-        raise _Unusual
-    names.sort()
-    out.append(b"{")
-    texts = _KEY_TEXTS[depth] if depth <= _CACHED_DEPTH else {}
-    for k in names:
-        v = attr[k]
-        out.append(texts.get(k) or _key_text(k, depth))
-        out.append(strings.get(v) or _string_field(v, strings))
     out.append(_CLOSERS[depth])
 
 
