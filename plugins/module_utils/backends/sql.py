@@ -732,18 +732,21 @@ class SqlBackend(Backend):
         # Keyval and map stores share the prosody table; "" (host-level data) is a user like any other.
         table = "prosodyarchive" if kind == "archive" else "prosody"
         self._settle((table, host, store))
-        if not self._has(table):
-            return True
-        where, params = self._where(host=host, store=store)
-        return not self._select(f'SELECT 1 FROM "{table}" WHERE {where} LIMIT 1', params)
+        return self._no_rows(table, host=host, store=store)
 
     def kinds_empty(self) -> frozenset[str]:
         self._settle()
-        kinds = set()
-        for table, kind in (("prosody", "keyval"), ("prosodyarchive", "archive")):
-            if not self._has(table) or not self._select(f'SELECT 1 FROM "{table}" LIMIT 1', []):
-                kinds.add(kind)
-        return frozenset(kinds)
+        return frozenset(
+            kind for table, kind in (("prosody", "keyval"), ("prosodyarchive", "archive")) if self._no_rows(table)
+        )
+
+    def _no_rows(self, table: str, **pairs: str) -> bool:
+        """Whether the table holds no row matching ``pairs`` (no row at all, without); a missing table holds none."""
+        if not self._has(table):
+            return True
+        where, params = self._where(**pairs)
+        condition = f" WHERE {where}" if where else ""
+        return not self._select(f'SELECT 1 FROM "{table}"{condition} LIMIT 1', params)
 
     # fingerprints ----------------------------------------------------------------------------
     def fingerprints(self, entries: Sequence[Entry]) -> dict[Entry, Optional[str]]:
