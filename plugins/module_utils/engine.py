@@ -798,12 +798,27 @@ def _planned(
     and the options its workers share (what the destination held as the run began)."""
     report, scrub = _new_report(source, destination, options)
     with _opened(source, destination, options, report, scrub) as (_src, dst, _plan):
-        if not options.check:
-            # On failure, each worker's writes meet the same error and report it per entry, as one process does.
-            with suppress(ProsodyMigrateError):
-                dst.prepare_writes()
+        report.changed = _prepare(dst, options)
         empty_kinds = _kinds_empty(dst)
     return report, {"empty_kinds": empty_kinds}
+
+
+def _prepare(dst: Backend, options: Options) -> bool:
+    """The destination made ready for the run's writers (Backend.prepare_writes), but in check
+    mode; whether that changed it. Its indexes wait for _finish unless the run verifies too: each
+    worker verifies its own share once it has copied it, and those reads need them."""
+    if options.check:
+        return False
+    # On failure, each writer's writes meet the same error and report it per entry.
+    with suppress(ProsodyMigrateError):
+        return dst.prepare_writes(defer_indexes=not options.verify)
+    return False
+
+
+def _finish(dst: Backend, options: Options, report: Report) -> None:
+    """After the run's last write, what prepare_writes deferred (Backend.finish_writes)."""
+    if not options.check and dst.finish_writes():
+        report.changed = True
 
 
 def _kinds_empty(dst: Backend) -> frozenset[str]:
@@ -843,9 +858,14 @@ def run_migration(
     """Migrate what the source definition's plan names into the destination; see the module notes."""
     options = options or Options()
     if options.jobs > 1 and options.partition is None and not options.diff:
-        return parallel.run(source, destination, options, options.jobs, run_migration, _planned)
+        report = parallel.run(source, destination, options, options.jobs, run_migration, _planned)
+        with open_backend(destination) as dst:
+            _finish(dst, options, report)
+        return report
+    own = options.partition is None  # else the parent prepares and finishes for its workers
     report, scrub = _new_report(source, destination, options)
     with _opened(source, destination, options, report, scrub) as (src, dst, plan):
+        prepared = own and _prepare(dst, options)
         tracker = _tracker(source, destination, options, src, dst, report, scrub)
         if options.empty_kinds is None:
             options = replace(options, empty_kinds=_kinds_empty(dst))
@@ -862,7 +882,10 @@ def run_migration(
         finally:
             if tracker is not None:
                 tracker.close()
+        if not options.check and run.writes_kept == 0:
+            report.changed = False  # every write was taken back (refused when its batch went in, or lost)
+        report.changed = report.changed or prepared
+        if own:
+            _finish(dst, options, report)
     report.failed = bool(report.failures) or report.verified is False
-    if not options.check and run.writes_kept == 0:
-        report.changed = False  # every write was taken back (refused when its batch went in, or lost)
     return report

@@ -115,7 +115,7 @@ options:
       - The store to copy to, given inline with the fields a C(migrator.cfg.lua) entry has.
       - Mutually exclusive with O(config); requires O(source).
       - A file store's data directory and an SQLite3 database are created when missing; a PostgreSQL or MySQL
-        database must exist (its tables are created).
+        database must exist (its tables are created, with Prosody's indexes).
     type: dict
     suboptions:
       type:

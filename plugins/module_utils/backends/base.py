@@ -143,9 +143,17 @@ class Backend(abc.ABC):
         return {entry: None for entry in entries}
 
     # batching ------------------------------------------------------------------------------
-    def prepare_writes(self) -> None:  # noqa: B027 - optional: most backends need nothing
+    def prepare_writes(self, defer_indexes: bool = False) -> bool:
         """Create what writing needs (a SQL schema's tables) ahead of time, so that parallel
-        writers do not race to create it."""
+        writers do not race to create it; whether that changed anything. ``defer_indexes``: what
+        only speeds up reads (a SQL table's indexes) may wait for ``finish_writes``, where building
+        it then is quicker."""
+        return False
+
+    def finish_writes(self) -> bool:
+        """After a run's last write (every worker's), build what ``prepare_writes`` deferred;
+        whether there was anything to build."""
+        return False
 
     def start_batch(self) -> None:  # noqa: B027 - optional: a backend may always write through
         """From now on, writes may be held back (uncommitted, or not yet fsynced) until ``flush``.

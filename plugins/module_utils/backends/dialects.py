@@ -91,6 +91,13 @@ class Dialect:
     # Whether a step's savepoint is released after it. MySQL replaces a savepoint when one of the
     # same name is set again, so the next step's SAVEPOINT does the release without a statement of its own.
     release_savepoints = True
+    # Whether a bulk load into tables of our own making is quicker with Prosody's indexes built
+    # after it (SqlBackend.prepare_writes): five indexes kept up to date row by row cost more than
+    # building them from the loaded table, on SQLite3 and PostgreSQL (docs/performance.md).
+    defer_indexes = True
+    # (table, index name) pairs of every index of the database's tables, for note_indexes.
+    index_query = ""
+    indexes: Collection[tuple[str, str]] = frozenset()
 
     def __init__(self, params: Mapping[str, Any]) -> None:
         self.params = params
@@ -179,15 +186,23 @@ class Dialect:
     def columns(self, cur: Any, table: str) -> dict[str, Column]:
         raise NotImplementedError
 
-    def create_tables(self, cur: Any, missing: set[str]) -> None:
-        """Create the missing tables with their indexes (plain CREATE INDEX: MySQL 8 lacks IF NOT EXISTS)."""
+    def create_tables(self, cur: Any, missing: set[str], indexes: bool = True) -> None:
+        """Create the missing tables, with their indexes unless told not to (see ``defer_indexes``)."""
         for table, statement in self.ddl().items():
             if table in missing:
                 cur.execute(statement)
-        for name, table, cols, unique in INDEXES:
-            if table in missing:
+        if indexes:
+            for name, table, *_rest in INDEXES:
+                if table in missing:
+                    self.create_index(cur, name)
+
+    def create_index(self, cur: Any, name: str) -> None:
+        """Create one of Prosody's indexes (plain CREATE INDEX: MySQL 8 lacks IF NOT EXISTS)."""
+        for index, table, cols, unique in INDEXES:
+            if index == name:
                 kind = "UNIQUE INDEX" if unique and self.unique_archive_index else "INDEX"
                 cur.execute(f'CREATE {kind} "{name}" ON "{table}" ({", ".join(map(self.index_column, cols))})')
+                self.indexes = self.indexes | {(table, name)}
 
     def ddl(self) -> dict[str, str]:
         """CREATE TABLE statements by table name."""
@@ -197,8 +212,15 @@ class Dialect:
         """Reasons Prosody would refuse this existing schema until it is upgraded."""
         return []
 
-    def note_indexes(self, cur: Any, tables: set[str]) -> None:
-        """Learn which of Prosody's indexes the tables present have, for queries that name them."""
+    def note_indexes(self, cur: Any) -> None:
+        """Learn which indexes the tables have, as (table, index name) pairs in ``indexes``."""
+        cur.execute(self.index_query)
+        self.indexes = frozenset((str(table), str(name)) for table, name in cur.fetchall())
+
+    def missing_indexes(self, tables: Collection[str]) -> list[tuple[str, str]]:
+        """(table, index name) of Prosody's indexes that these tables lack, as ``note_indexes`` found them."""
+        wanted = [(table, name) for name, table, *_rest in INDEXES if table in tables]
+        return [pair for pair in wanted if pair not in self.indexes]
 
     def row_limit(self, cur: Any) -> Optional[int]:
         """The most bytes of text one row may carry to the server, where the server sets one."""
@@ -306,6 +328,7 @@ class SQLite3(Dialect):
 
     name = "SQLite3"
     begin_sql = "BEGIN IMMEDIATE"  # take the write lock at once, not at the first write
+    index_query = "SELECT tbl_name, name FROM sqlite_master WHERE type = 'index'"
     # Bound as bytes when not UTF-8, so CAST keeps it TEXT (as LuaDBI stores it), bytes intact.
     text_marker = "CAST(? AS TEXT)"
     keeps_float_time = True
@@ -455,6 +478,7 @@ class PostgreSQL(Dialect):
     name = "PostgreSQL"
     text_marker = "%s"
     number_marker = "%s"
+    index_query = "SELECT tablename, indexname FROM pg_indexes WHERE schemaname = current_schema()"
 
     def driver_errors(self) -> tuple[type[BaseException], ...]:
         import psycopg
@@ -569,7 +593,12 @@ class MySQL(Dialect):
     charset = "utf8mb4"
     unique_archive_index = False  # as Prosody makes it on MySQL (its issue #1073)
     release_savepoints = False
-    indexed: Collection[str] = frozenset()  # the tables with Prosody's <table>_index (note_indexes)
+    # MariaDB (its default 1 MB innodb_sort_buffer_size) built the four archive indexes of a
+    # million rows in 7.6 s after the load, more than keeping them up to date had cost during it.
+    defer_indexes = False
+    index_query = (
+        "SELECT DISTINCT table_name, index_name FROM information_schema.statistics WHERE table_schema = DATABASE()"
+    )
 
     def driver_errors(self) -> tuple[type[BaseException], ...]:
         import pymysql
@@ -696,13 +725,6 @@ class MySQL(Dialect):
         # TEXT needs a prefix length in a MySQL index; Prosody uses 20 characters.
         return f'"{column}"' if column in ("when", "sort_id") else f'"{column}"(20)'
 
-    def note_indexes(self, cur: Any, tables: set[str]) -> None:
-        self.indexed = set()
-        for table in tables:
-            cur.execute(f'SHOW INDEX FROM "{table}" WHERE key_name = %s', (f"{table}_index",))
-            if cur.fetchall():
-                self.indexed.add(table)
-
     # GROUP_CONCAT stops at group_concat_max_len (1024 by default): 32 characters a row here.
     digest_setup = "SET SESSION group_concat_max_len = 1073741824"  # the largest MariaDB takes
 
@@ -732,7 +754,7 @@ class MySQL(Dialect):
         order, position = ("o", ', t."sort_id" AS o') if ordered else ("h", "")
         name = f"CAST(%s AS CHAR CHARACTER SET {self.charset}) COLLATE {self.charset}_bin"
         names = " UNION ALL ".join([f"SELECT {i} AS i, {name} AS n" for i in range(len(users))])
-        hint = f' FORCE INDEX ("{table}_index")' if table in self.indexed else ""
+        hint = f' FORCE INDEX ("{table}_index")' if (table, f"{table}_index") in self.indexes else ""
         match = " AND ".join(
             [
                 't."host" = %s AND t."host" = BINARY %s',

@@ -146,7 +146,7 @@ class SqlBackend(Backend):
             self._schema = {table: self.dialect.columns(cur, table) for table in sorted(present)}
             self._problems = self.dialect.upgrade_problems(cur) if len(present) == len(REQUIRED) else []
             self._row_limit = self.dialect.row_limit(cur)
-            self.dialect.note_indexes(cur, present)
+            self.dialect.note_indexes(cur)
         self._fits = {}
         for table, columns in self._schema.items():
             missing = [c for c in REQUIRED[table] if c not in columns]
@@ -163,23 +163,54 @@ class SqlBackend(Backend):
     def _has(self, table: str) -> bool:
         return self._schema is not None and table in self._schema
 
-    def _writable(self) -> None:
-        """Create missing tables; refuse a schema Prosody would want upgraded first."""
+    def _writable(self, bare: bool = False) -> bool:
+        """Create missing tables (``bare``: without their indexes); refuse a schema Prosody would
+        want upgraded first. Whether it created any."""
         if self._conn is None:
             self._open(create=True)
         missing = set(REQUIRED) - set(self._schema or {})
         if missing:
             with self._tx() as cur:
-                self.dialect.create_tables(cur, missing)
+                self.dialect.create_tables(cur, missing, indexes=not bare)
             self._inspect()
         if self._problems:
             raise SqlSchemaError(
                 f"{self.dialect.describe()} has an old schema that Prosody refuses until "
                 f"`prosodyctl mod_storage_sql upgrade` is run: {'; '.join(self._problems)}"
             )
+        return bool(missing)
 
-    def prepare_writes(self) -> None:
-        self._writable()
+    def prepare_writes(self, defer_indexes: bool = False) -> bool:
+        """Create the missing tables. With ``defer_indexes``, where the dialect loads faster so
+        (``Dialect.defer_indexes``), they get Prosody's indexes at ``finish_writes``. A table
+        already there without them (a run stopped before it built them) gets them now if it holds
+        rows: each entry's read of it needs them."""
+        defer = defer_indexes and self.dialect.defer_indexes
+        created = self._writable(bare=defer)
+        tables = [t for t in REQUIRED if self._has(t) and not (defer and self._no_rows(t))]
+        return self._build_indexes(tables) or created
+
+    def finish_writes(self) -> bool:
+        """Build the indexes that ``prepare_writes`` deferred (any of Prosody's that a table lacks)."""
+        if self._conn is None:
+            if not self.dialect.exists():
+                return False
+            self._open(create=False)
+        return self._build_indexes([t for t in REQUIRED if self._has(t)])
+
+    def _build_indexes(self, tables: Sequence[str]) -> bool:
+        """Build Prosody's indexes that these tables lack; whether there were any."""
+        missing = self.dialect.missing_indexes(tables)
+        for table, name in missing:
+            try:
+                with self._tx() as cur:
+                    self.dialect.create_index(cur, name)
+            except SqlDatabaseError as exc:
+                raise SqlDatabaseError(
+                    f"cannot build Prosody's index {name} on table {table}: {exc}; the rows written are "
+                    "there, and the next run builds the index before it reads them"
+                ) from exc
+        return bool(missing)
 
     def schema_problems(self) -> list[str]:
         """Why Prosody would refuse the existing schema (empty when it is current or absent)."""
