@@ -209,7 +209,7 @@ class SqlBackend(Backend):
                 raise SqlDatabaseError(
                     f"cannot build Prosody's index {name} on table {table}: {exc}; the rows written are "
                     "there, and the next run builds the index before it reads them"
-                ) from exc
+                ) from None  # the message holds the server's reason
         return bool(missing)
 
     def schema_problems(self) -> list[str]:

@@ -141,7 +141,7 @@ def test_an_index_that_cannot_be_built_is_named(driver: str, tmp_path: Any) -> N
             marks = ", ".join([backend.dialect.text_marker] * len(row))
             columns = ", ".join(f'"{c}"' for c in ARCHIVE_COLUMNS)
             with backend._tx() as cur:
-                for _ in range(2):
+                for _copy in range(2):
                     cur.execute(f'INSERT INTO "prosodyarchive" ({columns}) VALUES ({marks})', row)
             with pytest.raises(SqlDatabaseError) as caught:
                 backend.finish_writes()
