@@ -805,7 +805,7 @@ def _planned(
 
 def _prepare(dst: Backend, options: Options) -> bool:
     """The destination made ready for the run's writers (Backend.prepare_writes), but in check
-    mode; whether that changed it. Its indexes wait for _finish unless the run verifies too: each
+    mode; whether that changed it. Its indexes wait for finish_writes unless the run verifies too: each
     worker verifies its own share once it has copied it, and those reads need them."""
     if options.check:
         return False
@@ -813,12 +813,6 @@ def _prepare(dst: Backend, options: Options) -> bool:
     with suppress(ProsodyMigrateError):
         return dst.prepare_writes(defer_indexes=not options.verify)
     return False
-
-
-def _finish(dst: Backend, options: Options, report: Report) -> None:
-    """After the run's last write, what prepare_writes deferred (Backend.finish_writes)."""
-    if not options.check and dst.finish_writes():
-        report.changed = True
 
 
 def _kinds_empty(dst: Backend) -> frozenset[str]:
@@ -859,8 +853,9 @@ def run_migration(
     options = options or Options()
     if options.jobs > 1 and options.partition is None and not options.diff:
         report = parallel.run(source, destination, options, options.jobs, run_migration, _planned)
-        with open_backend(destination) as dst:
-            _finish(dst, options, report)
+        if not options.check:  # after every worker's last write, what prepare_writes deferred
+            with open_backend(destination) as dst:
+                report.changed = dst.finish_writes() or report.changed
         return report
     own = options.partition is None  # else the parent prepares and finishes for its workers
     report, scrub = _new_report(source, destination, options)
@@ -885,7 +880,7 @@ def run_migration(
         if not options.check and run.writes_kept == 0:
             report.changed = False  # every write was taken back (refused when its batch went in, or lost)
         report.changed = report.changed or prepared
-        if own:
-            _finish(dst, options, report)
+        if own and not options.check:
+            report.changed = dst.finish_writes() or report.changed
     report.failed = bool(report.failures) or report.verified is False
     return report

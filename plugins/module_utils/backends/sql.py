@@ -192,10 +192,6 @@ class SqlBackend(Backend):
 
     def finish_writes(self) -> bool:
         """Build the indexes that ``prepare_writes`` deferred (any of Prosody's that a table lacks)."""
-        if self._conn is None:
-            if not self.dialect.exists():
-                return False
-            self._open(create=False)
         return self._build_indexes([t for t in REQUIRED if self._has(t)])
 
     def _build_indexes(self, tables: Sequence[str]) -> bool:
