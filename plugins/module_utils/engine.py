@@ -488,8 +488,14 @@ class _Run:
 
     def _dst_missing(self) -> bool:
         """Whether the destination is a file store not created yet (read as empty, not an error:
-        the internal backend refuses to read a missing data directory, rightly so for a source)."""
-        return self._dst_root is not None and not os.path.isdir(self._dst_root)
+        the internal backend refuses to read a missing data directory, rightly so for a source).
+        Once there, it is taken to stay: asked for every entry, the stat was 1% of a run."""
+        if self._dst_root is None:
+            return False
+        if os.path.isdir(self._dst_root):
+            self._dst_root = None
+            return False
+        return True
 
     def _absent_in_dst(self, host: str, store: str, kind: str, user: Optional[str]) -> bool:
         """Whether the destination surely holds nothing for this entry, without reading it.

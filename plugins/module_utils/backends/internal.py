@@ -463,7 +463,7 @@ class InternalBackend(Backend):
         # archive:append with a key drops the old item of that key and puts the new one last; doing
         # every append of this call at once keeps, for a key given twice, the last one in its place.
         last = {key: i for i, (key, _text) in enumerate(new)}
-        old = self._load_list(path, source) if os.path.isdir(self.root) else None
+        old = None if absent or not os.path.isdir(self.root) else self._load_list(path, source)
         kept = [raw for raw in old or () if not (isinstance(raw, dict) and _str_in(raw.get("key"), last))]
         texts = [text for i, (key, text) in enumerate(new) if last[key] == i]
         self._write(path, b"".join([dumps_list(kept), *texts]))  # a list file is its items' texts in a row
@@ -488,6 +488,33 @@ class InternalBackend(Backend):
                 elif entry.name.endswith(LIST):
                     found.add((store, "archive"))
         return iter(sorted(found))
+
+    # emptiness -------------------------------------------------------------------------------
+    def store_empty(self, host: str, store: str, kind: str) -> bool:
+        """No ``<user>.dat`` (keyval) or ``.list`` (archive) file in the store's directory and no
+        host-level one: any such name counts, even one not in Prosody's encoding."""
+        ext = DAT if kind == "keyval" else LIST
+        if not os.path.isdir(self.root):
+            return True
+        if os.path.lexists(self._file(host, store, None, ext)):
+            return False
+        return not any(entry.name.endswith(ext) for entry in self._each_entry(self._store_dir(host, store)))
+
+    def kinds_empty(self) -> frozenset[str]:
+        """The kinds no host's store holds a file of; the walk ends once both are seen."""
+        if not os.path.isdir(self.root):
+            return frozenset(("keyval", "archive"))
+        missing = {DAT: "keyval", LIST: "archive"}
+        for host in self._each_entry(self.root):
+            if not host.is_dir():
+                continue
+            for entry in self._each_entry(host.path):
+                names = self._each_entry(entry.path) if entry.is_dir() else (entry,)
+                for name in names:
+                    missing.pop(name.name[name.name.rfind(b".") :], None)
+                    if not missing:
+                        return frozenset()
+        return frozenset(missing.values())
 
 
 def _encodes_to(encode: Callable[[str], bytes], name: str, raw: bytes) -> bool:

@@ -183,3 +183,62 @@ def test_node_item_stores_named_in_the_plan_too_are_not_doubled(
     assert store_counts(report, HOST, "pubsub_" + NODE, "archive")[2] == 1  # the node list wrote it; unchanged here
     again = migrate(dict(source, hosts=hosts), sql_dest)
     assert (again.changed, again.failed) == (False, False)
+
+
+# A file destination -----------------------------------------------------------------------------
+def test_file_store_emptiness(tmp_path: Any) -> None:
+    root = tmp_path / "data"
+    backend = InternalBackend({"path": str(root)})
+    assert backend.kinds_empty() == {"keyval", "archive"}  # not even created yet
+    assert backend.store_empty(HOST, "roster", "keyval")
+    host = root / "example%2eorg"
+    (host / "roster").mkdir(parents=True)
+    (host / "roster" / ".~xmpp-prosody-1-00.tmp").write_bytes(b"")  # a temporary file is no data
+    (host / "archive").mkdir()
+    (host / "archive" / "alice.dat").write_bytes(b"return {};")  # a keyval file where archives go
+    assert backend.kinds_empty() == {"archive"}
+    assert backend.store_empty(HOST, "roster", "keyval") and backend.store_empty(HOST, "archive", "archive")
+    assert not backend.store_empty(HOST, "archive", "keyval")
+    (host / "muc_log.list").write_bytes(b"")  # host-level data, even empty, is data
+    assert backend.kinds_empty() == frozenset()
+    assert not backend.store_empty(HOST, "muc_log", "archive") and backend.store_empty(HOST, "muc_log", "keyval")
+    assert backend.store_empty("other.example", "roster", "keyval")
+
+
+def test_empty_file_destination_is_not_read_entry_by_entry(
+    source: dict[str, Any], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = {"type": "internal", "path": str(tmp_path / "dest")}
+    (tmp_path / "dest").mkdir()
+    reads: list[tuple[str, Any]] = []
+
+    def spy(method: Any) -> Any:
+        def read(backend: InternalBackend, host: str, store: str, user: Any) -> Any:
+            if backend.path == dest["path"]:
+                reads.append((store, user))
+            return method(backend, host, store, user)
+
+        return read
+
+    with monkeypatch.context() as patch:
+        for name in ("keyval_get", "archive_items"):
+            patch.setattr(InternalBackend, name, spy(getattr(InternalBackend, name)))
+        first = migrate(source, dest)
+    assert (first.failed, first.failures) == (False, [])
+    assert set(reads) <= NODE_READS  # the plan's stores, empty as the run began, were not read
+    assert assert_same_data(source, dest) > 80
+    totals = first.totals()
+    assert totals["users_updated"] == totals["users_unchanged"] == totals["items_unchanged"] == 0
+
+    with open_backend(source) as src:
+        roster = sorted(src.keyval_users(HOST, "roster"))
+    with open_backend(dest) as dst:
+        dst.keyval_set(HOST, "roster", roster[0], {"someone@example.net": {"name": "changed", "groups": {}}})
+    reads.clear()
+    with monkeypatch.context() as patch:
+        for name in ("keyval_get", "archive_items"):
+            patch.setattr(InternalBackend, name, spy(getattr(InternalBackend, name)))
+        second = migrate(source, dest)
+    assert ("roster", roster[0]) in reads  # holding data now: read, compared and mended
+    assert store_counts(second, HOST, "roster", "keyval")[:3] == (0, 1, len(roster) - 1)
+    assert_same_data(source, dest)

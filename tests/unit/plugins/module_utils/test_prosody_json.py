@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ansible_collections.xmpp.prosody.plugins.module_utils import prosody_json
 from ansible_collections.xmpp.prosody.plugins.module_utils.errors import DecodeError, EncodeError
 from ansible_collections.xmpp.prosody.plugins.module_utils.luadata import BoolKey
 from ansible_collections.xmpp.prosody.plugins.module_utils.prosody_json import (
@@ -347,3 +348,71 @@ def test_lua_tonumber_matches_lua(lua):
              "1e", "0x", "1_0", "", "1e999", "-0", "+5", "+.5e1", "9223372036854775807", "-9223372036854775809",
              "0X1P-2", "1 2", "\v7\f"]  # fmt: skip
     assert [canon(lua_tonumber(text)) for text in texts] == lua.call("tonumber", texts)
+
+
+# -- the fast path (Python's json module) against _Reader, the step-by-step reader ----------------
+
+
+def _by_reader(data: bytes) -> object:
+    reader = prosody_json._Reader(data, "row")
+    try:
+        value, index = reader.value(0, 0)
+    except JsonError:
+        return b"ERR"
+    if prosody_json._NOT_SPACE.search(reader.data, index):
+        return b"ERR"
+    return b"TABLE-KEY" if reader.table_key else canon(value)
+
+
+def _by_fast_path(data: bytes) -> object:
+    reader = prosody_json._Reader(b"", "row")
+    try:
+        value = prosody_json._fast(data, reader)
+    except JsonError:
+        return b"ERR"
+    if value is prosody_json._SLOW:
+        return value
+    return b"TABLE-KEY" if reader.table_key else canon(value)
+
+
+def _agree(data: bytes) -> bool:
+    """The fast path gives the reader's value or error, or leaves the text to it; True if it answered."""
+    fast = _by_fast_path(data)
+    if fast is prosody_json._SLOW:
+        return False
+    assert fast == _by_reader(data), data
+    return True
+
+
+@given(st.lists(json_atoms, max_size=12).map("".join))
+def test_fast_path_agrees_with_the_reader_on_arbitrary_text(text):
+    _agree(text.encode("utf-8", "surrogateescape"))
+
+
+@given(finite_values)
+def test_fast_path_reads_our_encoding_as_the_reader_does(value):
+    _agree(encode(value).encode("utf-8", "surrogateescape"))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'{"groups":{},"subscription":"none"}', b'{"a":[1,null,{"__array":[true]}]}', b"[]", b"-0", b'"caf\xc3\xa9"',
+     b'"\xff\xfe raw"', b'{"__hash":[false,{"version":1}]}', b'{"__hash":[{"k":1},2]}', b'"\\u00e9"',
+     b"9223372036854775807", b"-9223372036854775809", b"1E400", b'{"a":1,"a":2}', b'{"__array":5}'],
+)  # fmt: skip
+def test_fast_path_takes_standard_json(data):
+    assert _agree(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'"\\ud83d"', b'"\\ud83d\\ude00"', b"NaN", b"-Infinity", b"[1,]", b'"\\x"', b"01",
+     b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1)],
+)  # fmt: skip
+def test_fast_path_leaves_the_rest_to_the_reader(data):
+    assert _by_fast_path(data) is prosody_json._SLOW
+    try:
+        ours = canon(decode(data, "row"))
+    except JsonError:
+        ours = b"ERR"
+    assert ours == _by_reader(data)
