@@ -52,7 +52,7 @@ def find_secrets(value: Any, found: set[str]) -> None:
         table = stack.pop()
         if not isinstance(table, dict):
             continue
-        if not _MAYBE_SECRET.search("\n".join([k for k in table if isinstance(k, str)])):
+        if _keys_clear(table):
             # The usual table (a roster, a vCard): one search of all its keys clears them.
             stack.extend([v for v in table.values() if isinstance(v, dict)])
             continue
@@ -61,6 +61,26 @@ def find_secrets(value: Any, found: set[str]) -> None:
                 _collect_strings(v, found)
             elif isinstance(v, dict):
                 stack.append(v)
+
+
+# Whether a small table's keys leave out every secret's name, by its keys in order: a roster's
+# contacts, vCard fields and the like repeat a few key sets, each searched once.
+_CLEAR_KEYS: dict[tuple[Any, ...], bool] = {}
+_CLEAR_KEYS_MAX = 4096
+_SMALL_TABLE = 8
+
+
+def _keys_clear(table: dict[Any, Any]) -> bool:
+    """Whether none of the table's keys may name a secret (one search of them all)."""
+    if len(table) > _SMALL_TABLE:
+        return not _MAYBE_SECRET.search("\n".join([k for k in table if isinstance(k, str)]))
+    keys = tuple(table)
+    clear = _CLEAR_KEYS.get(keys)
+    if clear is None:
+        clear = not _MAYBE_SECRET.search("\n".join([k for k in keys if isinstance(k, str)]))
+        if len(_CLEAR_KEYS) < _CLEAR_KEYS_MAX:
+            _CLEAR_KEYS[keys] = clear
+    return clear
 
 
 def _collect_strings(value: Any, found: set[str]) -> None:
