@@ -297,6 +297,7 @@ class Tracker:
         self.state.close()
         self.state = None  # type: ignore[assignment]
         self._src_fp, self._dst_fp, self._skip, self._found = {}, {}, {}, []
+        self.src.fingerprint_reads(())
 
     def plan(self, host: str, store: str, kind: str, users: Sequence[Optional[str]], dst_may_hold: bool) -> None:
         """Fingerprint entries about to be copied and decide which to skip.
@@ -313,8 +314,13 @@ class Tracker:
         if not entries:
             return
         try:
-            src = self.src.fingerprints(entries)
             records = self.state.lookup(host, store, kind, [e[3] for e in entries])
+            if not records and not dst_may_hold and self.src.fingerprint_reads(entries):
+                # Nothing recorded and nothing at the destination: nothing to skip or compare, so
+                # the source's fingerprints can wait for the copy's own reads (written()).
+                return
+            self.src.fingerprint_reads(())
+            src = self.src.fingerprints(entries)
             candidates = [e for e in entries if e[3] in records and _usable(src.get(e)) and src[e] == records[e[3]].src]
             wanted = candidates
             if dst_may_hold and self.recording:
@@ -348,14 +354,15 @@ class Tracker:
 
     def equal(self, entry: Entry, items: int = 0, dst_items: int = 0) -> None:
         """The entry was found equal: recorded (at the next ``save``) with the planned fingerprints."""
-        src, dst = self._src_fp.pop(entry, None), self._dst_fp.pop(entry, None)
+        src = self._src_fp.pop(entry, None) or self.src.read_fingerprint(entry)
+        dst = self._dst_fp.pop(entry, None)
         if self.recording and src is not None and dst is not None:
             self._found.append((entry, Record(src, dst, items, dst_items)))
 
     def written(self, entry: Entry, whole: bool, items: int = 0, dst_items: int = 0) -> Optional[Written]:
         """The entry was written (``whole``: all its content, nothing of it kept): what to record
         once its batch is durable (the destination's fingerprint left to ``flushed``), or None."""
-        src = self._src_fp.pop(entry, None)
+        src = self._src_fp.pop(entry, None) or self.src.read_fingerprint(entry)
         self._dst_fp.pop(entry, None)
         if not self.recording or src is None:
             return None
@@ -365,6 +372,7 @@ class Tracker:
         """Nothing is recorded for the entry (a failure, or items the destination cannot hold)."""
         self._src_fp.pop(entry, None)
         self._dst_fp.pop(entry, None)
+        self.src.read_fingerprint(entry)
 
     def flushed(self, written: Sequence[Written]) -> None:
         """The batch holding these writes is durable: record them with the destination's
@@ -402,6 +410,7 @@ class Tracker:
 
     def forget(self) -> None:
         """Drop what was planned and not used (a store is done)."""
+        self.src.fingerprint_reads(())
         self._src_fp.clear()
         self._dst_fp.clear()
         self._skip.clear()

@@ -142,6 +142,17 @@ class Backend(abc.ABC):
         call forgets every write noted before it."""
         return {entry: None for entry in entries}
 
+    def fingerprint_reads(self, entries: Sequence[Entry]) -> bool:
+        """Note the fingerprints of these entries (and no others) as their reads go, for
+        ``read_fingerprint``, in place of a query of their own; what was noted before is dropped.
+        False when this backend cannot (the default: ``fingerprints`` is then asked)."""
+        return False
+
+    def read_fingerprint(self, entry: Entry) -> str | None:
+        """The fingerprint ``fingerprints`` would give for the entry, from its rows as its last
+        complete read (``fingerprint_reads``) got them, once; None when none was noted."""
+        return None
+
     # batching ------------------------------------------------------------------------------
     def prepare_writes(self, defer_indexes: bool = False) -> bool:
         """Create what writing needs (a SQL schema's tables) ahead of time, so that parallel

@@ -126,6 +126,8 @@ class SqlBackend(Backend):
         self._refused: list[RefusedEntry] = []
         # With track_writes: the fingerprint each entry written since will have, from its rows.
         self._written: Optional[dict[Entry, str]] = None
+        self._reads_wanted: frozenset[Entry] = frozenset()  # fingerprint_reads' entries
+        self._read_fps: dict[Entry, str] = {}
         # archive_unstorable's encoded rows for one user, which archive_write then reuses.
         self._encoded: tuple[tuple[str, str, str], dict[int, tuple[ArchiveItem, tuple[Any, ...]]]] = (("", "", ""), {})
         if self.dialect.exists():
@@ -584,7 +586,11 @@ class SqlBackend(Backend):
         rows = self._select(f'SELECT "key", "type", "value" FROM "prosody" WHERE {where}', params)
         if not rows:
             return None
-        return keyval_from_rows(rows, self._source("prosody", host, store, user))
+        value = keyval_from_rows(rows, self._source("prosody", host, store, user))
+        entry = (host, store, "keyval", user)
+        if entry in self._reads_wanted:
+            self._read_fps[entry] = self.dialect.digest_rows(rows, False)  # read as DIGEST_COLUMNS
+        return value
 
     def keyval_set(self, host: str, store: str, user: Optional[str], value: Any, absent: bool = False) -> None:
         self._writable()
@@ -647,14 +653,20 @@ class SqlBackend(Backend):
             f'WHERE {where} AND "sort_id" > {{n}} ORDER BY "sort_id" LIMIT {PAGE}'
         )
         last = -(2**63)
+        entry = (host, store, "archive", user)
+        digested: Optional[list[tuple[Any, ...]]] = [] if entry in self._reads_wanted else None
         while True:
             rows = self._select(query, [*params, last])
             for sort_id, key, type_, text, when, with_ in rows:
                 value = from_sql(type_, text, self._source("prosodyarchive", host, store, user, key))
                 yield ArchiveItem(key, value, when, with_ or None)
                 last = sort_id
+            if digested is not None:
+                digested.extend([(key, when, with_, type_, text) for _id, key, type_, text, when, with_ in rows])
             if len(rows) < PAGE:
-                return
+                break
+        if digested:
+            self._read_fps[entry] = self.dialect.digest_rows(digested, True)
 
     def archive_keys(self, host: str, store: str, user: Optional[str]) -> list[str]:
         self._settle(("prosodyarchive", host, store, user or ""))
@@ -829,6 +841,15 @@ class SqlBackend(Backend):
         except self.dialect.driver_errors() as exc:
             raise SqlDatabaseError(f"{self.dialect.describe()}: {self.dialect.reason(exc)}") from exc
         return digests
+
+    def fingerprint_reads(self, entries: Sequence[Entry]) -> bool:
+        # The same digest as for the rows written (digest_rows), here of the rows read: a first
+        # run's copy reads every entry anyway, and the fingerprints' query read them a second time.
+        self._reads_wanted, self._read_fps = frozenset(entries), {}
+        return True
+
+    def read_fingerprint(self, entry: Entry) -> Optional[str]:
+        return self._read_fps.pop(entry, None)
 
     def track_writes(self) -> None:
         self._written = {}
