@@ -481,21 +481,19 @@ def _as_lua(value: Any, depth: int, reader: _Reader) -> Any:
     """json's value in our model, innermost first as Prosody folds: an array is a table 1..n,
     null an empty table, an object's __array and __hash folded in (reader.fold)."""
     kind = value.__class__
-    if kind is dict:
-        if depth >= MAX_DEPTH:
-            raise _Slow
-        for key, item in value.items():
-            if item.__class__ in _NESTED:
-                value[key] = _as_lua(item, depth + 1, reader)
-        return reader.fold(value) if "__array" in value or "__hash" in value else value
+    if kind is not dict and kind is not list:
+        return {} if value is None else value
+    if depth >= MAX_DEPTH:
+        raise _Slow
     if kind is list:
-        if depth >= MAX_DEPTH:
-            raise _Slow
         return {
             i: _as_lua(item, depth + 1, reader) if item.__class__ in _NESTED else item
             for i, item in enumerate(value, 1)
         }
-    return {} if value is None else value
+    for key, item in value.items():
+        if item.__class__ in _NESTED:
+            value[key] = _as_lua(item, depth + 1, reader)
+    return reader.fold(value) if "__array" in value or "__hash" in value else value
 
 
 _NESTED = (dict, list, type(None))
